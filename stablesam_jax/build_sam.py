@@ -1,0 +1,145 @@
+"""Model construction: `build_sam`, `build_stable_sam` and the `sam_model_registry`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from flax import nnx
+
+from . import checkpoint as ckpt
+from .modeling.plugins import PluginConfig
+from .modeling.sam import SAM_VARIANTS, Sam
+
+
+def _config(model_type: str):
+    if model_type not in SAM_VARIANTS:
+        raise ValueError(f"unknown model_type {model_type!r}; choose from {sorted(SAM_VARIANTS)}")
+    return SAM_VARIANTS[model_type]
+
+
+def _check_meta(meta: dict, directory: str, model_type: str, kinds: tuple[str, ...]) -> None:
+    if meta.get("kind") not in kinds:
+        raise ckpt.CheckpointError(
+            f"{directory} is a {meta.get('kind')!r} checkpoint; expected one of {kinds}"
+            + (
+                " (plugin weights go in `plugins=`, SAM weights in `checkpoint=`)"
+                if meta.get("kind") in ("sam", "plugins")
+                else ""
+            )
+        )
+    if meta.get("model_type") not in (None, model_type):
+        raise ckpt.CheckpointError(
+            f"{directory} holds {meta['model_type']} weights, but model_type={model_type!r} was "
+            f"asked for: use model_type={meta['model_type']!r}"
+        )
+
+
+def build_sam(
+    model_type: str = "vit_h",
+    checkpoint: str | None = None,
+    *,
+    dtype=None,
+    attention_impl: str = "reference",
+    seed: int = 0,
+    plugin_config: PluginConfig | None = None,
+) -> Sam:
+    """SAM of a registered size; random weights without `checkpoint`, else a converted directory.
+
+    dtype: compute dtype (None = float32, the parity setting; jnp.bfloat16 for speed). Weights
+    stay float32 either way."""
+    config = _config(model_type)
+    model = Sam(
+        config,
+        rngs=nnx.Rngs(seed),
+        dtype=dtype,
+        attention_impl=attention_impl,
+        plugin_config=plugin_config,
+        model_type=model_type,
+    )
+    if checkpoint is not None:
+        flat, meta = ckpt.load(checkpoint)
+        _check_meta(meta, checkpoint, model_type, ("sam", "stable_sam"))
+        sam_names = ckpt.weight_names(model, ckpt.is_sam_weight)
+        sam_flat = flat if meta["kind"] == "sam" else {k: flat[k] for k in flat if k in sam_names}
+        ckpt.load_flat_weights(model, sam_flat, ckpt.is_sam_weight, checkpoint)
+        if meta["kind"] == "stable_sam" and plugin_config is not None:
+            plugin_flat = {k: v for k, v in flat.items() if k not in sam_flat}
+            ckpt.load_flat_weights(model, plugin_flat, ckpt.is_plugin_weight, checkpoint)
+    return model
+
+
+def build_stable_sam(
+    model_type: str = "vit_h",
+    checkpoint: str | None = None,
+    plugins: str | None = None,
+    *,
+    dtype=None,
+    attention_impl: str = "reference",
+    seed: int = 0,
+    **options,
+) -> Sam:
+    """SAM with Stable-SAM's DSP and DRP plugins.
+
+    checkpoint: converted SAM weights (or a merged "stable_sam" export); plugins: a plugin
+    checkpoint written by training or `save_plugins`. Its stored plugin options are used unless
+    overridden in `options` (any `PluginConfig` field: dsp_layers, offset_scale, sample, use_drp,
+    drp_hidden_dim). Building never changes a SAM weight: with fresh plugins the model's outputs
+    equal SAM's."""
+    plugin_meta = None
+    if plugins is not None:
+        plugin_meta = ckpt.read_meta(plugins)
+        _check_meta(plugin_meta, plugins, model_type, ("plugins", "stable_sam"))
+    elif checkpoint is not None:
+        meta = ckpt.read_meta(checkpoint)
+        if meta.get("kind") == "stable_sam":
+            plugin_meta = meta
+    stored = dict((plugin_meta or {}).get("plugin_config", {}))
+    unknown = set(options) - {f.name for f in dataclasses.fields(PluginConfig)}
+    if unknown:
+        raise TypeError(f"unknown Stable-SAM options {sorted(unknown)}")
+    plugin_config = PluginConfig(**{**stored, **options})
+    model = build_sam(
+        model_type,
+        checkpoint,
+        dtype=dtype,
+        attention_impl=attention_impl,
+        seed=seed,
+        plugin_config=plugin_config,
+    )
+    if plugins is not None:
+        flat, _ = ckpt.load(plugins)
+        ckpt.load_flat_weights(model, flat, ckpt.is_plugin_weight, plugins)
+    return model
+
+
+def _meta(model: Sam, kind: str) -> dict:
+    meta = {"kind": kind, "model_type": model.model_type}
+    if model.plugin_config is not None and kind != "sam":
+        meta["plugin_config"] = dataclasses.asdict(model.plugin_config)
+    return meta
+
+
+def save_sam(model: Sam, directory: str, *, force: bool = False) -> str:
+    return ckpt.save(
+        directory, ckpt.flat_weights(model, ckpt.is_sam_weight), _meta(model, "sam"), force=force
+    )
+
+
+def save_plugins(model: Sam, directory: str, *, force: bool = False) -> str:
+    if model.plugin_config is None:
+        raise ValueError("this model has no Stable-SAM plugins")
+    flat = ckpt.flat_weights(model, ckpt.is_plugin_weight)
+    return ckpt.save(directory, flat, _meta(model, "plugins"), force=force)
+
+
+def save_merged(model: Sam, directory: str, *, force: bool = False) -> str:
+    """One self-contained checkpoint with SAM and plugin weights (the merged export)."""
+    flat = ckpt.flat_weights(model, lambda p, v: isinstance(v, nnx.Variable))
+    kind = "stable_sam" if model.plugin_config is not None else "sam"
+    return ckpt.save(directory, flat, _meta(model, kind), force=force)
+
+
+sam_model_registry = {name: functools.partial(build_sam, name) for name in SAM_VARIANTS} | {
+    "default": functools.partial(build_sam, "vit_h")
+}

@@ -1,0 +1,101 @@
+"""Stable-SAM's plugins: deformable sampling (DSP) and dynamic routing (DRP).
+
+Both hold `PluginParam` weights only, so `nnx.split(model, PluginParam, ...)` separates exactly the
+weights the Stable-SAM recipe trains. Both start as the identity on SAM: the last offset conv is
+zero, so offsets are 0 and the sampler returns its input exactly; DRP's softmax times a scale of 1
+gives a1 + a2 = 1, so a1 * x + a2 * x = x.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from . import ops
+from .common import Conv, LayerNorm, Linear, PluginParam, gelu
+
+SAMPLE_SOURCES = ("raw", "projected")
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginConfig:
+    """Where the paper is silent these are our choices (README, "Choices the paper leaves open").
+
+    dsp_layers: two-way blocks whose token-to-image attention gets DSP (paper: the second).
+    offset_scale: s_p in `dp = s_p * tanh(raw)`, in feature-map cells.
+    sample: "raw" samples the block's image tokens x_p (paper Eq. 4/6); "projected" samples the
+        output of the offset network's first 1x1 conv (the authors' final figure). Only "raw"
+        reproduces SAM exactly at initialization.
+    use_drp: False gives the DSP-only ablation (keys/values are the sampled features alone).
+    drp_hidden_dim: width of DRP's hidden layer (paper: 32 via the 0.08 M budget).
+    seed: initializes the plugin weights, independently of SAM's.
+    """
+
+    dsp_layers: tuple[int, ...] = (1,)
+    offset_scale: float = 4.0
+    sample: str = "raw"
+    use_drp: bool = True
+    drp_hidden_dim: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.sample not in SAMPLE_SOURCES:
+            raise ValueError(f"sample must be one of {SAMPLE_SOURCES}, got {self.sample!r}")
+        if self.offset_scale <= 0:
+            raise ValueError(f"offset_scale must be positive, got {self.offset_scale}")
+        object.__setattr__(self, "dsp_layers", tuple(int(i) for i in self.dsp_layers))
+
+
+class DeformableSamplingPlugin(nnx.Module):
+    """Offset network + bilinear resampling of the image tokens and their positional encoding."""
+
+    def __init__(self, dim: int, config: PluginConfig, *, rngs: nnx.Rngs):
+        self.offset_scale = config.offset_scale
+        self.sample = config.sample
+        self.proj = Conv(dim, dim, 1, rngs=rngs, param_type=PluginParam)
+        self.dwconv = Conv(dim, dim, 5, padding=2, groups=dim, rngs=rngs, param_type=PluginParam)
+        self.norm = LayerNorm(dim, eps=1e-5, param_type=PluginParam)
+        # No bias and zero weights: the offsets start at exactly 0 (and 73,472 DSP parameters).
+        self.offset = Conv(
+            dim,
+            2,
+            1,
+            use_bias=False,
+            rngs=rngs,
+            param_type=PluginParam,
+            kernel_init=lambda key, shape, dtype=jnp.float32: jnp.zeros(shape, dtype),
+        )
+
+    def offsets(self, x_p: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x_p [B, H, W, C] -> (offsets [B, H, W, 2] as (dy, dx) cells, projected features)."""
+        projected = self.proj(x_p)
+        hidden = gelu(self.norm(self.dwconv(projected)))
+        raw = self.offset(hidden).astype(jnp.float32)
+        return self.offset_scale * jnp.tanh(raw), projected
+
+    def __call__(self, x_p: jax.Array, pe: jax.Array):
+        """x_p, pe: [B, H, W, C]. Returns (positions [B, H, W, 2], x_{p+dp}, pe_{p+dp})."""
+        offsets, projected = self.offsets(x_p)
+        positions = ops.reference_grid(*x_p.shape[1:3])[None] + offsets
+        source = x_p if self.sample == "raw" else projected
+        sample = jax.vmap(ops.bilinear_sample)
+        return positions, sample(source, positions), sample(pe, positions)
+
+
+class DynamicRoutingPlugin(nnx.Module):
+    """alpha = softmax(MLP(t_o)) * s: how much of the deformed features each prompt uses."""
+
+    def __init__(self, dim: int, hidden_dim: int = 32, *, rngs: nnx.Rngs):
+        self.fc1 = Linear(dim, hidden_dim, rngs=rngs, param_type=PluginParam)
+        self.norm = LayerNorm(hidden_dim, eps=1e-5, param_type=PluginParam)
+        self.fc2 = Linear(hidden_dim, 2, rngs=rngs, param_type=PluginParam)
+        self.scale = PluginParam(jnp.ones((), jnp.float32))
+
+    def __call__(self, output_token: jax.Array) -> jax.Array:
+        """output_token [B, C] -> alpha [B, 2] = (a1 for sampled, a2 for regular features)."""
+        x = output_token.astype(jnp.float32)
+        logits = self.fc2(gelu(self.norm(self.fc1(x))))
+        return jax.nn.softmax(logits, axis=-1) * self.scale[...]

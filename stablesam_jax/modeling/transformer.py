@@ -1,0 +1,229 @@
+"""SAM's two-way transformer (`segment_anything/modeling/transformer.py`) with Stable-SAM hooks.
+
+A block listed in `PluginConfig.dsp_layers` owns a deformable sampling plugin (`dsp`) and, unless
+disabled, a dynamic routing plugin (`drp`) for its token-to-image cross-attention. Without plugins
+the computation is the official one, op for op.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .common import LayerNorm, Linear, MLPBlock, precision_for, relu
+from .plugins import DeformableSamplingPlugin, DynamicRoutingPlugin, PluginConfig
+
+
+class Attention(nnx.Module):
+    """Attention with an optional downscaled internal width (queries and keys of any length)."""
+
+    def __init__(
+        self, embedding_dim: int, num_heads: int, downsample_rate: int = 1, *, rngs, dtype=None
+    ):
+        self.embedding_dim = embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads:
+            raise ValueError("num_heads must divide embedding_dim // downsample_rate")
+        self.q_proj = Linear(embedding_dim, self.internal_dim, rngs=rngs, dtype=dtype)
+        self.k_proj = Linear(embedding_dim, self.internal_dim, rngs=rngs, dtype=dtype)
+        self.v_proj = Linear(embedding_dim, self.internal_dim, rngs=rngs, dtype=dtype)
+        self.out_proj = Linear(self.internal_dim, embedding_dim, rngs=rngs, dtype=dtype)
+
+    def _separate_heads(self, x: jax.Array) -> jax.Array:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(0, 2, 1, 3)
+
+    def __call__(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        key_mask: jax.Array | None = None,
+        return_weights: bool = False,
+    ):
+        """q [B, Nq, C], k/v [B, Nk, C], key_mask [B, Nk] (False = ignore) -> [B, Nq, C]."""
+        q = self._separate_heads(self.q_proj(q))
+        k = self._separate_heads(self.k_proj(k))
+        v = self._separate_heads(self.v_proj(v))
+        prec = precision_for(q.dtype)
+        logits = jnp.einsum("bnqc,bnkc->bnqk", q, k, precision=prec) / math.sqrt(q.shape[-1])
+        logits = logits.astype(jnp.float32)
+        if key_mask is not None:
+            logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bnqk,bnkc->bnqc", weights.astype(v.dtype), v, precision=prec)
+        b, n, nq, c = out.shape
+        out = self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, nq, n * c))
+        return (out, weights) if return_weights else out
+
+
+class TwoWayAttentionBlock(nnx.Module):
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+        *,
+        rngs: nnx.Rngs,
+        dtype=None,
+        plugins: PluginConfig | None = None,
+        layer_index: int = 0,
+    ):
+        self.self_attn = Attention(embedding_dim, num_heads, rngs=rngs, dtype=dtype)
+        self.norm1 = LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(
+            embedding_dim, num_heads, attention_downsample_rate, rngs=rngs, dtype=dtype
+        )
+        self.norm2 = LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, relu, rngs=rngs, dtype=dtype)
+        self.norm3 = LayerNorm(embedding_dim)
+        self.norm4 = LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(
+            embedding_dim, num_heads, attention_downsample_rate, rngs=rngs, dtype=dtype
+        )
+        self.skip_first_layer_pe = skip_first_layer_pe
+        self.plugins = plugins
+        dsp = drp = None
+        if plugins:
+            # A stream of their own: adding plugins must not change how SAM's weights initialize.
+            plugin_rngs = nnx.Rngs(plugins.seed + 1000 * layer_index)
+            dsp = DeformableSamplingPlugin(embedding_dim, plugins, rngs=plugin_rngs)
+            if plugins.use_drp:
+                drp = DynamicRoutingPlugin(embedding_dim, plugins.drp_hidden_dim, rngs=plugin_rngs)
+        self.dsp = nnx.data(dsp)
+        self.drp = nnx.data(drp)
+
+    def _plugin_keys(self, queries, keys, key_pe, hw, intermediates):
+        """Stable-SAM's key/value features for the token-to-image attention (paper Eq. 4-6)."""
+        b = keys.shape[0]
+        h, w = hw
+        x_p = keys.reshape(b, h, w, -1)
+        pe = jnp.broadcast_to(key_pe, keys.shape).reshape(b, h, w, -1)
+        positions, sampled, sampled_pe = self.dsp(x_p, pe)
+        intermediates["dsp_positions"] = positions
+        if self.drp is not None:
+            # The single-mask output token (index 1) as it enters this attention.
+            alpha = self.drp(queries[:, 1, :])  # [B, 2]
+            intermediates["drp_alpha"] = alpha
+            a1 = alpha[:, 0, None, None, None]
+            a2 = alpha[:, 1, None, None, None]
+            mixed = a1 * sampled + a2 * x_p
+            mixed_pe = a1 * sampled_pe + a2 * pe
+        else:
+            mixed, mixed_pe = sampled, sampled_pe
+        mixed = mixed.reshape(keys.shape).astype(keys.dtype)
+        mixed_pe = mixed_pe.reshape(keys.shape).astype(keys.dtype)
+        return mixed + mixed_pe, mixed
+
+    def __call__(
+        self,
+        queries: jax.Array,
+        keys: jax.Array,
+        query_pe: jax.Array,
+        key_pe: jax.Array,
+        *,
+        hw: tuple[int, int],
+        token_mask: jax.Array | None = None,
+        return_intermediates: bool = False,
+    ):
+        """queries [B, Nt, C] tokens, keys [B, H*W, C] image, pes alike; token_mask [B, Nt]."""
+        intermediates = {}
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries, key_mask=token_mask)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries, key_mask=token_mask)
+        queries = self.norm1(queries)
+
+        q = queries + query_pe
+        if self.dsp is not None:
+            k, v = self._plugin_keys(queries, keys, key_pe, hw, intermediates)
+        else:
+            k, v = keys + key_pe, keys
+        attn_out, weights = self.cross_attn_token_to_image(q, k, v, return_weights=True)
+        if return_intermediates:
+            intermediates["token_to_image_attn"] = weights  # [B, heads, Nt, H*W]
+        queries = self.norm2(queries + attn_out)
+        queries = self.norm3(queries + self.mlp(queries))
+
+        q = queries + query_pe
+        k = keys + key_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries, key_mask=token_mask))
+        return queries, keys, intermediates
+
+
+class TwoWayTransformer(nnx.Module):
+    def __init__(
+        self,
+        depth: int = 2,
+        embedding_dim: int = 256,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        attention_downsample_rate: int = 2,
+        *,
+        rngs: nnx.Rngs,
+        dtype=None,
+        plugins: PluginConfig | None = None,
+    ):
+        dsp_layers = set(plugins.dsp_layers) if plugins else set()
+        if dsp_layers - set(range(depth)):
+            raise ValueError(f"dsp_layers {sorted(dsp_layers)} outside 0..{depth - 1}")
+        self.depth = depth
+        self.layers = nnx.List(
+            [
+                TwoWayAttentionBlock(
+                    embedding_dim,
+                    num_heads,
+                    mlp_dim,
+                    attention_downsample_rate,
+                    skip_first_layer_pe=(i == 0),
+                    rngs=rngs,
+                    dtype=dtype,
+                    plugins=plugins if i in dsp_layers else None,
+                    layer_index=i,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.final_attn_token_to_image = Attention(
+            embedding_dim, num_heads, attention_downsample_rate, rngs=rngs, dtype=dtype
+        )
+        self.norm_final_attn = LayerNorm(embedding_dim)
+
+    def __call__(
+        self,
+        image_embedding: jax.Array,
+        image_pe: jax.Array,
+        point_embedding: jax.Array,
+        token_mask: jax.Array | None = None,
+        return_intermediates: bool = False,
+    ):
+        """image_embedding [B, H, W, C], image_pe [1 or B, H, W, C], point_embedding [B, Nt, C].
+
+        Returns (tokens [B, Nt, C], image tokens [B, H*W, C], intermediates per layer)."""
+        b, h, w, c = image_embedding.shape
+        keys = image_embedding.reshape(b, h * w, c)
+        key_pe = image_pe.reshape(image_pe.shape[0], h * w, c)
+        queries = point_embedding
+        intermediates = {}
+        for i, layer in enumerate(self.layers):
+            queries, keys, inter = layer(
+                queries,
+                keys,
+                point_embedding,
+                key_pe,
+                hw=(h, w),
+                token_mask=token_mask,
+                return_intermediates=return_intermediates,
+            )
+            intermediates.update({f"layer{i}/{k}": v for k, v in inter.items()})
+        q = queries + point_embedding
+        k = keys + key_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        return queries, keys, intermediates

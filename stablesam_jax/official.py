@@ -1,0 +1,118 @@
+"""Access to the official PyTorch `segment_anything` (PyPI) without torchvision.
+
+The package's `__init__` imports torchvision only for image transforms and NMS; its `modeling`
+subpackage needs torch alone. We register the package without running its `__init__` and import
+`segment_anything.modeling` from it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+
+class OfficialSamUnavailable(ImportError):
+    pass
+
+
+def import_official_modeling():
+    """Returns the official `segment_anything.modeling` module (torch required)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise OfficialSamUnavailable(
+            "PyTorch is not installed: pip install 'stablesam-jax[dev]' (torch==2.13.0)"
+        ) from e
+    if "segment_anything" not in sys.modules:
+        try:  # the whole package when its torchvision import works (or a stand-in is installed)
+            importlib.import_module("segment_anything")
+        except ImportError:
+            for name in [m for m in sys.modules if m.split(".")[0] == "segment_anything"]:
+                del sys.modules[name]
+    if "segment_anything" not in sys.modules:
+        spec = importlib.util.find_spec("segment_anything")
+        if spec is None:
+            raise OfficialSamUnavailable(
+                "the official segment-anything package is not installed: "
+                "pip install segment-anything==1.0"
+            )
+        package = types.ModuleType("segment_anything")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["segment_anything"] = package
+    return importlib.import_module("segment_anything.modeling")
+
+
+def build_official_sam(config):
+    """The official torch `Sam` for one of our `SamConfig`s (same layout as `_build_sam`)."""
+    from functools import partial
+
+    import torch
+
+    modeling = import_official_modeling()
+    grid = config.img_size // config.patch_size
+    sam = modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=list(config.encoder_global_attn_indexes),
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(config.img_size, config.img_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=modeling.MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=modeling.TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+    )
+    return sam.eval()
+
+
+def randomize_(module, seed: int = 0, std: float = 0.05) -> None:
+    """Fill EVERY parameter and buffer with random values in place.
+
+    SAM's init leaves relative positions and the position embedding at zero and LayerNorms at
+    1/0; parity on such weights would hide bugs in exactly those paths."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(module.state_dict().items()):
+            if name.endswith(("pixel_mean", "pixel_std")):
+                continue
+            noise = torch.randn(tensor.shape, generator=g) * std
+            if name.endswith(
+                (
+                    "norm1.weight",
+                    "norm2.weight",
+                    "norm3.weight",
+                    "norm4.weight",
+                    "norm_final_attn.weight",
+                )
+            ) or (tensor.ndim == 1 and "neck" in name and name.endswith("weight")):
+                noise = noise + 1.0  # keep LayerNorm gains near 1 so deep stacks stay tame
+            if name.endswith("positional_encoding_gaussian_matrix"):
+                noise = torch.randn(tensor.shape, generator=g)
+            tensor.copy_(noise)
