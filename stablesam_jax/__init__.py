@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Lazy: `import stablesam_jax.metrics` in a data worker must not pay for importing JAX models.
     if name in ("build_sam", "build_stable_sam", "sam_model_registry"):
-        from . import build_sam as _build
+        from . import builder as _build
 
         return getattr(_build, name)
     if name == "SamPredictor":
