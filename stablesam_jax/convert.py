@@ -96,49 +96,56 @@ def _from_torch(array: np.ndarray, kind: str) -> np.ndarray:
     return array
 
 
-def guess_model_type(state_dict: dict[str, np.ndarray]) -> str | None:
-    """Which released SAM a state dict looks like, from its width and depth."""
-    w = state_dict.get("image_encoder.patch_embed.proj.weight")
+def guess_model_type(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Which registered SAM a state dict looks like, from its width and depth."""
+    w = shapes.get("image_encoder.patch_embed.proj.weight")
     if w is None:
         return None
-    depth = len({k.split(".")[2] for k in state_dict if k.startswith("image_encoder.blocks.")})
+    depth = len({k.split(".")[2] for k in shapes if k.startswith("image_encoder.blocks.")})
     for name, cfg in SAM_VARIANTS.items():
-        if cfg.encoder_embed_dim == w.shape[0] and cfg.encoder_depth == depth:
+        if cfg.encoder_embed_dim == w[0] and cfg.encoder_depth == depth:
             return name
     return None
+
+
+def check_conversion(
+    source_shapes: dict[str, tuple[int, ...]], model: nnx.Module, source: str = "checkpoint"
+) -> dict[str, tuple[str, str, tuple[int, ...]]]:
+    """The completeness proof, on shapes alone: every source key is used, every target weight
+    is filled, every shape agrees. Returns the plan {torch key: (our name, layout, shape)}.
+
+    Raises ConversionError listing missing keys, unexpected keys and shape mismatches."""
+    targets = _targets(model)
+    source_shapes = {k: tuple(v) for k, v in source_shapes.items() if k not in _OPTIONAL_SOURCE}
+    missing = sorted(set(targets) - set(source_shapes))
+    unexpected = sorted(set(source_shapes) - set(targets))
+    mismatched = []
+    # Shallow names first: `pos_embed` and `patch_embed` say more than block 7's bias.
+    for key in sorted(set(targets) & set(source_shapes), key=lambda k: (k.count("."), k)):
+        _, kind, shape = targets[key]
+        want = _to_torch_layout(shape, kind)
+        if source_shapes[key] != want:
+            mismatched.append(f"{key}: checkpoint {source_shapes[key]} vs expected {want}")
+    if missing or unexpected or mismatched:
+        message = describe_mismatch(source, missing, unexpected, mismatched)
+        guess = guess_model_type(source_shapes)
+        if guess and guess != getattr(model, "model_type", None):
+            message += f"\n  The file looks like a {guess} checkpoint: try --model-type {guess}."
+        raise ConversionError(message)
+    return targets
 
 
 def convert_state_dict(
     state_dict: dict[str, np.ndarray], model: nnx.Module, source: str = "checkpoint"
 ) -> dict[str, np.ndarray]:
-    """Maps an official state dict onto `model`'s SAM weights: {our dotted name: array}.
-
-    Raises ConversionError listing missing keys, unexpected keys and shape mismatches."""
-    targets = _targets(model)
-    state_dict = dict(state_dict)
+    """Maps an official state dict onto `model`'s SAM weights: {our dotted name: array}."""
     for key, expected in _OPTIONAL_SOURCE.items():
         if key in state_dict:
-            value = state_dict.pop(key).reshape(-1)
+            value = np.asarray(state_dict[key]).reshape(-1)
             if not np.allclose(value, expected):
                 raise ConversionError(f"{source}: {key} is {value.tolist()}, SAM uses {expected}")
-    missing = sorted(set(targets) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(targets))
-    mismatched = []
-    for key in sorted(set(targets) & set(state_dict)):
-        _, kind, shape = targets[key]
-        want = _to_torch_layout(shape, kind)
-        if tuple(state_dict[key].shape) != want:
-            mismatched.append(
-                f"{key}: checkpoint {tuple(state_dict[key].shape)} vs expected {want}"
-            )
-    if missing or unexpected or mismatched:
-        message = describe_mismatch(source, missing, unexpected, mismatched)
-        guess = guess_model_type(state_dict)
-        wanted = getattr(model, "model_type", None)
-        if guess and guess != wanted:
-            message += f"\n  The file looks like a {guess} checkpoint: try --model-type {guess}."
-        raise ConversionError(message)
-    return {name: _from_torch(state_dict[key], kind) for key, (name, kind, _) in targets.items()}
+    plan = check_conversion({k: np.shape(v) for k, v in state_dict.items()}, model, source)
+    return {name: _from_torch(state_dict[key], kind) for key, (name, kind, _) in plan.items()}
 
 
 def to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:

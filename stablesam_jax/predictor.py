@@ -264,6 +264,12 @@ class SamPredictor:
             box_in = box_in.astype(np.float32)
         if mask_input is not None:
             masks_in = np.asarray(mask_input, np.float32)
+            want = tuple(self.model.prompt_encoder.mask_input_size)
+            if masks_in.shape[-2:] != want:
+                raise ValueError(
+                    f"mask_input must be low-res logits of size {want} (e.g. the third output "
+                    f"of a previous predict call), got shape {masks_in.shape}"
+                )
             masks_in = masks_in.reshape(-1, *masks_in.shape[-2:])
         n = next(x.shape[0] for x in (coords, box_in, masks_in, np.zeros((1,))) if x is not None)
         rows = _bucket(n, self.prompt_buckets)
