@@ -219,7 +219,7 @@ def test_parameter_counts_for_all_sizes():
     assert (dsp, drp) == (73_472, 8_355)  # the design's budget, "about 0.08 M"
     prompt_tokens = c + 4 * c + 2 * _count_linear(c, c) + _count_linear(c, c // 8)
     for model_type in ("vit_b", "vit_l", "vit_h"):
-        model = nnx.eval_shape(lambda: build_stable_sam(model_type))
+        model = nnx.eval_shape(lambda mt=model_type: build_stable_sam(mt))
         counts = {
             name: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(model, f)))
             for name, f in TRAINABLE_SUBSETS.items()

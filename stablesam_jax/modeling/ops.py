@@ -144,38 +144,155 @@ def folded_rel_pos_attention(
     q.k*scale + rel_h[ky] + rel_w[kx] == [q*scale, rel_h, rel_w] . [k, onehot(ky), onehot(kx)],
     so extending the head dimension folds the decomposed bias into the dot product. Head dims
     are zero-padded to a multiple of 8 (what cuDNN wants); zeros change no dot product.
-    q, k, v: [B, heads, N, C]; returns [B, heads, N, C].
+    q, k, v: [B, heads, N, C]; rel_h/rel_w from `decomposed_rel_pos_terms`; returns
+    [B, heads, N, C]. implementation: as `jax.nn.dot_product_attention` ("cudnn", "xla", None).
+    The fast path (`rel_pos_attention`) calls the same fold in the kernel's own token-major
+    layout and skips these transposes.
     """
-    b, n_heads, n, c = q.shape
+    b, n_heads, n, _ = q.shape
     h, w = hw
-    key_rows = jnp.repeat(jnp.arange(h), w)  # [N]: row of each key
-    key_cols = jnp.tile(jnp.arange(w), h)  # [N]: column of each key
-    onehot_rows = jax.nn.one_hot(key_rows, h, dtype=k.dtype)
-    onehot_cols = jax.nn.one_hot(key_cols, w, dtype=k.dtype)
-    q_ext = jnp.concatenate(
-        [q * scale, rel_h.reshape(b, n_heads, n, h), rel_w.reshape(b, n_heads, n, w)], axis=-1
+
+    def token_major(x):
+        return x.transpose(0, 2, 1, 3)
+
+    out = _folded_attention_bnhc(
+        token_major(q),
+        token_major(k),
+        token_major(v),
+        scale,
+        rel_h.reshape(b, n_heads, n, h).transpose(0, 2, 1, 3),
+        rel_w.reshape(b, n_heads, n, w).transpose(0, 2, 1, 3),
+        hw,
+        implementation,
     )
-    k_ext = jnp.concatenate(
-        [
-            k,
-            jnp.broadcast_to(onehot_rows, (b, n_heads, n, h)),
-            jnp.broadcast_to(onehot_cols, (b, n_heads, n, w)),
-        ],
-        axis=-1,
+    return token_major(out)
+
+
+# ----------------------------------------------------------------------------- fast attention
+#
+# The fast path works in the token-major layout `[B, N, heads, C]` that fused attention kernels
+# take, so no head transposes are needed around them.
+
+# Backends of `rel_pos_attention`: XLA with the bias added to materialized logits (what runs best
+# where no fused kernel exists), or the fold through `jax.nn.dot_product_attention` (cuDNN or
+# XLA's implementation).
+REL_POS_ATTENTION_BACKENDS = ("xla_bias", "xla_folded", "cudnn_folded")
+
+
+def folded_head_dim(head_dim: int, hw: tuple[int, int]) -> int:
+    """Head dim of the folded q/k: head_dim + H + W, rounded up to a multiple of 8 (cuDNN)."""
+    return _round_up(head_dim + hw[0] + hw[1], 8)
+
+
+def cudnn_attention_head_dim_limit(device=None) -> int:
+    """Largest q/k head dim cuDNN flash attention takes on `device`; 0 where it does not run.
+
+    cuDNN flash attention needs an NVIDIA GPU of compute capability >= 8.0, and head dims of
+    at most 128 (256 from Hopper, compute capability 9.0, on)."""
+    device = device or jax.devices()[0]
+    capability = getattr(device, "compute_capability", None)
+    if device.platform != "gpu" or capability is None:
+        return 0
+    major = int(str(capability).split(".")[0])
+    if major < 8:
+        return 0
+    return 256 if major >= 9 else 128
+
+
+def choose_rel_pos_backend(dtype, head_dim: int, hw: tuple[int, int], device=None) -> str:
+    """The fastest correct backend for one attention shape on `device` (default: the first).
+
+    cuDNN's fused kernel takes only 16-bit inputs and bounded head dims; elsewhere logits are
+    materialized anyway (XLA), so the fold would only add work and the bias is added instead."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    limit = cudnn_attention_head_dim_limit(device)
+    if half and folded_head_dim(head_dim, hw) <= limit:
+        return "cudnn_folded"
+    return "xla_bias"
+
+
+def rel_pos_tables(
+    rel_pos_h: jax.Array, rel_pos_w: jax.Array, hw: tuple[int, int], dtype
+) -> tuple[jax.Array, jax.Array]:
+    """Per (query, key) row and column embeddings [H, H, C], [W, W, C] in the compute dtype."""
+    h, w = hw
+    return get_rel_pos(h, h, rel_pos_h).astype(dtype), get_rel_pos(w, w, rel_pos_w).astype(dtype)
+
+
+def rel_pos_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    rel_pos_h: jax.Array | None,
+    rel_pos_w: jax.Array | None,
+    hw: tuple[int, int],
+    scale: float,
+    backend: str = "xla_bias",
+) -> jax.Array:
+    """Attention with SAM's decomposed relative positions, fast path: q, k, v [B, N, heads, C]
+    (N = H * W tokens in row-major order) -> [B, N, heads, C]; same math as
+    `decomposed_rel_pos_terms` + `attention_with_rel_pos` (softmax statistics in fp32).
+
+    rel_pos_h / rel_pos_w: the raw tables [2H-1, C] / [2W-1, C], or both None for plain
+    attention."""
+    if backend not in REL_POS_ATTENTION_BACKENDS:
+        raise ValueError(f"backend must be one of {REL_POS_ATTENTION_BACKENDS}, got {backend!r}")
+    b, n, n_heads, c = q.shape
+    h, w = hw
+    if n != h * w:
+        raise ValueError(f"{n} tokens do not form the {h}x{w} grid")
+    prec = precision_for(q.dtype)
+    rel_h = rel_w = None
+    if rel_pos_h is not None:
+        rh, rw = rel_pos_tables(rel_pos_h, rel_pos_w, hw, q.dtype)
+        q_grid = q.reshape(b, h, w, n_heads, c)
+        # [B, H, W, heads, key row] and [B, H, W, heads, key column]
+        rel_h = jnp.einsum("byxnc,ykc->byxnk", q_grid, rh, precision=prec)
+        rel_w = jnp.einsum("byxnc,xkc->byxnk", q_grid, rw, precision=prec)
+    if backend == "xla_bias":
+        logits = jnp.einsum(
+            "bqnc,bknc->bnqk", q * scale, k, precision=prec, preferred_element_type=jnp.float32
+        )
+        if rel_h is not None:
+            logits = logits.reshape(b, n_heads, h, w, h, w)
+            logits = (
+                logits
+                + rel_h.transpose(0, 3, 1, 2, 4)[..., :, None].astype(jnp.float32)
+                + rel_w.transpose(0, 3, 1, 2, 4)[..., None, :].astype(jnp.float32)
+            )
+            logits = logits.reshape(b, n_heads, n, n)
+        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.einsum("bnqk,bknc->bqnc", weights, v, precision=prec)
+    implementation = "cudnn" if backend == "cudnn_folded" else "xla"
+    if rel_h is None:
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    return _folded_attention_bnhc(
+        q, k, v, scale, rel_h.reshape(b, n, n_heads, h), rel_w.reshape(b, n, n_heads, w), hw,
+        implementation,
     )
-    d = _round_up(q_ext.shape[-1], 8)
-    pad = [(0, 0)] * 3 + [(0, d - q_ext.shape[-1])]
-    q_ext, k_ext = jnp.pad(q_ext, pad), jnp.pad(k_ext, pad)
+
+
+def _folded_attention_bnhc(q, k, v, scale, rel_h, rel_w, hw, implementation):
+    """The fold on [B, N, heads, C] inputs; rel_h [B, N, heads, H], rel_w [B, N, heads, W]."""
+    b, n, n_heads, c = q.shape
+    h, w = hw
+    d = folded_head_dim(c, hw)
+    key_rows = np.repeat(np.arange(h), w)  # row of each key, row-major token order
+    key_cols = np.tile(np.arange(w), h)
+    key_ext = np.zeros((n, d - c), np.float32)
+    key_ext[np.arange(n), key_rows] = 1.0
+    key_ext[np.arange(n), h + key_cols] = 1.0
+    key_ext = jnp.broadcast_to(jnp.asarray(key_ext, k.dtype)[None, :, None], (b, n, n_heads, d - c))
+    zeros = jnp.zeros((b, n, n_heads, d - c - h - w), q.dtype)
+    q_ext = jnp.concatenate([q * jnp.asarray(scale, q.dtype), rel_h, rel_w, zeros], axis=-1)
+    k_ext = jnp.concatenate([k, key_ext], axis=-1)
+    # jax.nn.dot_product_attention wants one head dim for q, k and v: zero columns of v add
+    # nothing and are sliced off.
     v_ext = jnp.pad(v, [(0, 0)] * 3 + [(0, d - c)])
-    # jax.nn.dot_product_attention wants [B, N, heads, D].
     out = jax.nn.dot_product_attention(
-        q_ext.transpose(0, 2, 1, 3),
-        k_ext.transpose(0, 2, 1, 3),
-        v_ext.transpose(0, 2, 1, 3),
-        scale=1.0,
-        implementation=implementation,
+        q_ext, k_ext, v_ext, scale=1.0, implementation=implementation
     )
-    return out.transpose(0, 2, 1, 3)[..., :c]
+    return out[..., :c]
 
 
 # ----------------------------------------------------------------------------- sampling
