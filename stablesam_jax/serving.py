@@ -1,0 +1,471 @@
+"""Runs the artifacts written by `python -m stablesam_jax.export` with only jax, numpy and PIL.
+
+This module must not import flax or the rest of the package: a serving process ships the export
+directory and this one file.
+
+    sam = ExportedSam("export_dir")
+    embedding = sam.encode(image)                    # HxWx3 uint8, any size
+    save_embedding("photo.npz", embedding)           # decode it again later, anywhere
+    masks, iou, low_res = sam.decode(load_embedding("photo.npz"), point_coords=[[[x, y]]],
+                                     point_labels=[[1]])
+
+Prompts are in original-image pixels like `SamPredictor.predict_batch`: point_coords [n, p, 2],
+point_labels [n, p] (1 foreground, 0 background, -2 an empty slot), boxes [n, 4] XYXY,
+mask_input [n, 4g, 4g] low-res logits; the prompt count n and the points per prompt p are padded
+to buckets so new counts rarely compile. A saved embedding also works with
+`SamPredictor.set_embedding` (it has `features`, `original_size` and `input_size`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EXPORT_FORMAT = "stablesam-jax-export"
+EXPORT_FORMAT_VERSION = 1
+EMBEDDING_FORMAT = "stablesam-jax-embedding"
+EMBEDDING_FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.jaxexport"
+DECODER_FILE = "decoder.jaxexport"
+ENCODER_WEIGHTS_FILE = "encoder_weights.npz"
+DECODER_WEIGHTS_FILE = "decoder_weights.npz"
+PAD_LABEL = -2  # stablesam_jax.constants.PAD_LABEL (not imported: this module stands alone)
+DEFAULT_PROMPT_BUCKETS = (1, 4, 16, 64, 256)
+DEFAULT_POINT_BUCKETS = (1, 2, 4, 8, 16, 32)
+DEFAULT_IMAGE_BUCKETS = (1, 2, 4, 8)
+SIZE_MULTIPLE = 64
+# Traces per wrapped program (a trace is a compile); tests use it to check bucket reuse.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+class ServingError(ValueError):
+    """An export directory or saved embedding that cannot be used; the message says why."""
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@dataclasses.dataclass
+class Embedding:
+    """One encoded image: features [g, g, C] (channels last) and the sizes to map masks back."""
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    model_type: str = "unknown"
+    encoder_id: str = ""
+
+
+def weights_digest(weights: dict) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        a = np.ascontiguousarray(weights[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _features_digest(features: np.ndarray) -> str:
+    a = np.ascontiguousarray(features, np.float32)
+    return hashlib.sha256(f"{a.shape}|".encode() + a.tobytes()).hexdigest()
+
+
+def save_embedding(
+    path, embedding, *, model_type: str | None = None, encoder_id: str | None = None
+) -> str:
+    """Writes an embedding (this module's `Embedding` or the predictor's `ImageEmbedding`) to a
+    .npz with its sizes, model type, format version and a sha256 of the features."""
+    features = np.asarray(embedding.features, np.float32)
+    if features.ndim == 4 and features.shape[0] == 1:
+        features = features[0]
+    if features.ndim != 3:
+        raise ValueError(f"features must be [g, g, C] (channels last), got {features.shape}")
+    model_type = model_type or getattr(embedding, "model_type", None) or "unknown"
+    encoder_id = encoder_id if encoder_id is not None else getattr(embedding, "encoder_id", "")
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    tmp = path + ".tmp.npz"
+    np.savez(
+        tmp,
+        features=features,
+        original_size=np.asarray(embedding.original_size, np.int64),
+        input_size=np.asarray(embedding.input_size, np.int64),
+        model_type=np.asarray(model_type),
+        encoder_id=np.asarray(encoder_id),
+        format=np.asarray(EMBEDDING_FORMAT),
+        format_version=np.asarray(EMBEDDING_FORMAT_VERSION),
+        features_sha256=np.asarray(_features_digest(features)),
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def load_embedding(path, *, expect_model_type: str | None = None) -> Embedding:
+    """Reads a saved embedding, checking its format, version and checksum."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            fields = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise ServingError(f"{path} is not a readable embedding file ({e})") from e
+    if str(fields.get("format", "")) != EMBEDDING_FORMAT:
+        raise ServingError(f"{path} is not a stablesam-jax embedding (no format tag)")
+    version = int(fields["format_version"])
+    if version > EMBEDDING_FORMAT_VERSION:
+        raise ServingError(
+            f"{path} has embedding format version {version}; this reader knows up to "
+            f"{EMBEDDING_FORMAT_VERSION}: upgrade stablesam-jax"
+        )
+    features = fields["features"]
+    if _features_digest(features) != str(fields["features_sha256"]):
+        raise ServingError(
+            f"{path}: features do not match their checksum (file corrupted); recompute it"
+        )
+    model_type = str(fields["model_type"])
+    if expect_model_type is not None and model_type not in (expect_model_type, "unknown"):
+        raise ServingError(
+            f"{path} was computed by a {model_type} encoder; this decoder is {expect_model_type}"
+        )
+    return Embedding(
+        features=features,
+        original_size=tuple(int(v) for v in fields["original_size"]),
+        input_size=tuple(int(v) for v in fields["input_size"]),
+        model_type=model_type,
+        encoder_id=str(fields["encoder_id"]),
+    )
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
+    scale = long_side * 1.0 / max(old_h, old_w)
+    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """The official transform: PIL bilinear resize of uint8 HxWx3 to long side `long_side`."""
+    from PIL import Image
+
+    h, w = preprocess_shape(image.shape[0], image.shape[1], long_side)
+    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def apply_coords(coords: np.ndarray, original_size, long_side: int) -> np.ndarray:
+    old_h, old_w = original_size
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
+    coords = np.array(coords, dtype=np.float64, copy=True)
+    coords[..., 0] *= new_w / old_w
+    coords[..., 1] *= new_h / old_h
+    return coords
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """torch bilinear (align_corners=False, no antialias) along one axis, as a matrix."""
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    m = np.zeros((out_size, in_size), np.float64)
+    np.add.at(m, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(out_size), hi), frac)
+    return m
+
+
+def _postprocess_matrices(low_res: int, img_size: int, input_size, original_size):
+    """Per-axis matrices for upscale-to-img_size, crop-to-input_size, resize-to-original."""
+    out = []
+    for axis in (0, 1):
+        up = _linear_resize_matrix(low_res, img_size)[: input_size[axis]]
+        down = _linear_resize_matrix(input_size[axis], original_size[axis])
+        out.append((down @ up).astype(np.float32))
+    return out
+
+
+def _bucket(n: int, buckets) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    return -(-n // buckets[-1]) * buckets[-1]
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@jax.jit
+def _postprocess(low_res, ry, rx):
+    TRACE_COUNTS["postprocess"] += 1
+    hi = jax.lax.Precision.HIGHEST
+    x = jnp.einsum("nmlk,wk->nmlw", low_res, rx, precision=hi)
+    return jnp.einsum("hl,nmlw->nmhw", ry, x, precision=hi)
+
+
+# ----------------------------------------------------------------------------- the loader
+
+
+class ExportedSam:
+    """The exported encoder and decoder with their weights, ready to call.
+
+    load_encoder=False skips the encoder (a client that decodes saved embeddings only);
+    verify=False skips hashing the weight files (the manifest holds their sha256);
+    compilation_cache_dir: a persistent XLA cache, so later processes start without compiling."""
+
+    def __init__(
+        self,
+        directory,
+        *,
+        load_encoder: bool = True,
+        verify: bool = True,
+        prompt_buckets=DEFAULT_PROMPT_BUCKETS,
+        point_buckets=DEFAULT_POINT_BUCKETS,
+        image_buckets=DEFAULT_IMAGE_BUCKETS,
+        compilation_cache_dir: str | None = None,
+    ):
+        if compilation_cache_dir is not None:
+            enable_persistent_cache(compilation_cache_dir)
+        self.directory = os.path.abspath(os.fspath(directory))
+        manifest_path = os.path.join(self.directory, MANIFEST_FILE)
+        if not os.path.isfile(manifest_path):
+            raise ServingError(
+                f"{self.directory} has no {MANIFEST_FILE}: export a model first with "
+                "python -m stablesam_jax.export --model-type ... --out DIR"
+            )
+        with open(manifest_path) as f:
+            self.manifest = json.load(f)
+        if self.manifest.get("format") != EXPORT_FORMAT:
+            raise ServingError(f"{manifest_path} is not a stablesam-jax export manifest")
+        if int(self.manifest["format_version"]) > EXPORT_FORMAT_VERSION:
+            raise ServingError(
+                f"{self.directory} uses export format {self.manifest['format_version']}; this "
+                f"loader knows up to {EXPORT_FORMAT_VERSION}"
+            )
+        m = self.manifest
+        self.model_type = m["model_type"]
+        self.img_size = int(m["img_size"])
+        self.low_res_size = int(m["low_res_size"])
+        self.mask_threshold = float(m["mask_threshold"])
+        self.encoder_id = m["encoder_id"]
+        self.prompt_buckets = tuple(sorted(prompt_buckets))
+        self.point_buckets = tuple(sorted(point_buckets))
+        self.image_buckets = tuple(sorted(image_buckets))
+        self._decoder, self._decoder_weights = self._load("decoder", verify)
+        self._encoder = self._encoder_weights = None
+        if load_encoder:
+            self._encoder, self._encoder_weights = self._load("encoder", verify)
+
+    def _load(self, part: str, verify: bool):
+        entry = self.manifest[part]
+        artifact_path = os.path.join(self.directory, entry["artifact"])
+        weights_path = os.path.join(self.directory, entry["weights"])
+        for path in (artifact_path, weights_path):
+            if not os.path.isfile(path):
+                raise ServingError(f"{path} is missing from the export (re-export the model)")
+        with open(artifact_path, "rb") as f:
+            try:
+                exported = jax.export.deserialize(bytearray(f.read()))
+            except Exception as e:  # noqa: BLE001 - any failure means "unusable artifact"
+                raise ServingError(f"{artifact_path} could not be deserialized ({e})") from e
+        platform = jax.default_backend()
+        # jax names a CUDA or ROCm backend "gpu"; artifacts name the exact platform.
+        usable = {platform} | ({"cuda", "rocm"} if platform == "gpu" else set())
+        if not usable & {p.lower() for p in exported.platforms}:
+            raise ServingError(
+                f"{artifact_path} was exported for {exported.platforms}, not {platform}; "
+                f"re-export with --platforms {platform}"
+            )
+        with np.load(weights_path, allow_pickle=False) as data:
+            weights = {k: data[k] for k in data.files}
+        if verify and weights_digest(weights) != entry["weights_sha256"]:
+            raise ServingError(f"{weights_path} does not match its checksum in the manifest")
+        weights = jax.device_put(weights)
+
+        def run(*args):
+            TRACE_COUNTS[part] += 1
+            return exported.call(*args)
+
+        return jax.jit(run), weights
+
+    # ----------------------------------------------------------------------------- encode
+
+    def encode(self, images, image_format: str = "RGB"):
+        """One HxWx3 uint8 image -> Embedding; a list of images -> list of Embeddings (one
+        encoder call, batch padded to a bucket)."""
+        if self._encoder is None:
+            raise ServingError("this ExportedSam was opened with load_encoder=False")
+        single = isinstance(images, np.ndarray) and images.ndim == 3
+        batch = [images] if single else list(images)
+        if not batch:
+            return []
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        s = self.img_size
+        rows = _bucket(len(batch), self.image_buckets)
+        x = np.zeros((rows, s, s, 3), np.float32)
+        mean = np.asarray(self.manifest["pixel_mean"], np.float32)
+        std = np.asarray(self.manifest["pixel_std"], np.float32)
+        sizes = []
+        for i, image in enumerate(batch):
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"images must be HxWx3 uint8, got {image.shape} {image.dtype}")
+            if image_format != self.manifest["image_format"]:
+                image = image[..., ::-1]
+            resized = resize_longest_side(np.ascontiguousarray(image), s)
+            x[i, : resized.shape[0], : resized.shape[1]] = (resized.astype(np.float32) - mean) / std
+            sizes.append((tuple(image.shape[:2]), tuple(resized.shape[:2])))
+        features = np.asarray(self._encoder(self._encoder_weights, x))
+        out = [
+            Embedding(features[i], orig, inp, self.model_type, self.encoder_id)
+            for i, (orig, inp) in enumerate(sizes)
+        ]
+        return out[0] if single else out
+
+    # ----------------------------------------------------------------------------- decode
+
+    def _check_embedding(self, embedding):
+        features = np.asarray(embedding.features, np.float32)
+        if features.ndim == 4:
+            features = features[0]
+        g = int(self.manifest["embedding_size"])
+        expected = (g, g, int(self.manifest["embedding_dim"]))
+        if features.shape != expected:
+            raise ServingError(
+                f"embedding features {features.shape} do not fit this {self.model_type} "
+                f"decoder (expects {expected}, channels last)"
+            )
+        other = getattr(embedding, "encoder_id", "")
+        if other and other != self.encoder_id:
+            raise ServingError(
+                f"the embedding was computed by encoder {other}, this export's encoder is "
+                f"{self.encoder_id}; re-encode the image with this export"
+            )
+        return features
+
+    def decode(
+        self,
+        embedding,
+        point_coords=None,
+        point_labels=None,
+        boxes=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """Many prompts on one embedding. Returns (masks [n, M, H, W] bool (or logits),
+        iou [n, M], low_res [n, M, 4g, 4g]) as numpy, M = 3 with multimask_output, else 1."""
+        features = self._check_embedding(embedding)
+        original_size = tuple(int(v) for v in embedding.original_size)
+        input_size = tuple(int(v) for v in embedding.input_size)
+        given = [x for x in (point_coords, boxes, mask_input) if x is not None]
+        n = len(np.asarray(given[0])) if given else 1
+        low = self.low_res_size
+        coords = np.zeros((n, 1, 2), np.float64)
+        labels = np.full((n, 1), PAD_LABEL, np.int32)
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be given with point_coords")
+            coords = np.asarray(point_coords, np.float64)
+            labels = np.asarray(point_labels, np.int32)
+            if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"point_coords must be [n, p, 2] with point_labels [n, p]; got "
+                    f"{coords.shape} and {labels.shape}"
+                )
+            coords = apply_coords(coords, original_size, self.img_size)
+        box_in = np.zeros((n, 4), np.float64)
+        box_valid = np.zeros((n,), bool)
+        if boxes is not None:
+            box_in = np.asarray(boxes, np.float64).reshape(-1, 4)
+            box_in = apply_coords(box_in.reshape(-1, 2, 2), original_size, self.img_size).reshape(
+                -1, 4
+            )
+            box_valid = np.ones((len(box_in),), bool)
+        masks_in = np.zeros((n, low, low), np.float32)
+        mask_valid = np.zeros((n,), bool)
+        if mask_input is not None:
+            masks_in = np.asarray(mask_input, np.float32).reshape(-1, low, low)
+            mask_valid = np.ones((len(masks_in),), bool)
+        if not (len(coords) == len(box_in) == len(masks_in) == n):
+            raise ValueError(
+                f"prompt counts disagree: {len(coords)} point sets, {len(box_in)} boxes, "
+                f"{len(masks_in)} masks"
+            )
+        rows = _bucket(n, self.prompt_buckets)
+        points = _bucket(coords.shape[1], self.point_buckets)
+        padded_coords = np.zeros((rows, points, 2), np.float32)
+        padded_coords[:n, : coords.shape[1]] = coords
+        padded_labels = np.full((rows, points), PAD_LABEL, np.int32)
+        padded_labels[:n, : labels.shape[1]] = labels
+        low_res, iou = self._decoder(
+            self._decoder_weights,
+            features[None],
+            padded_coords,
+            padded_labels,
+            _pad(box_in.astype(np.float32), rows),
+            _pad(box_valid, rows),
+            _pad(masks_in, rows),
+            _pad(mask_valid, rows),
+        )
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        low_res, iou = low_res[:, sl], iou[:, sl]
+        ry, rx = _postprocess_matrices(low, self.img_size, input_size, original_size)
+        h, w = original_size
+        hb, wb = _round_up(h, SIZE_MULTIPLE), _round_up(w, SIZE_MULTIPLE)
+        logits = _postprocess(low_res, _pad(ry, hb), _pad(rx, wb))
+        logits = np.asarray(logits)[:n, :, :h, :w]
+        masks = logits if return_logits else logits > self.mask_threshold
+        return masks, np.asarray(iou)[:n], np.asarray(low_res)[:n]
+
+    def predict(
+        self,
+        embedding,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ):
+        """One prompt (like `SamPredictor.predict`): point_coords [p, 2], point_labels [p],
+        box [4], mask_input [4g, 4g]. Returns (masks [M, H, W], iou [M], low_res [M, 4g, 4g])."""
+        out = self.decode(
+            embedding,
+            None if point_coords is None else np.asarray(point_coords)[None],
+            None if point_labels is None else np.asarray(point_labels)[None],
+            None if box is None else np.asarray(box).reshape(1, 4),
+            None if mask_input is None else np.asarray(mask_input)[None],
+            multimask_output,
+            return_logits,
+        )
+        return tuple(o[0] for o in out)
+
+
+def _pad(x: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *x.shape[1:]), x.dtype)
+    out[: len(x)] = x
+    return out
+
+
+def enable_persistent_cache(cache_dir: str) -> str:
+    """The persistent compilation cache with no minimum compile time or entry size (so the small
+    CPU programs are cached too). Call before the first compilation of the process."""
+    cache_dir = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return cache_dir
