@@ -43,11 +43,14 @@ def build_sam(
     attention_impl: str = "reference",
     seed: int = 0,
     plugin_config: PluginConfig | None = None,
+    scan_blocks: bool = False,
 ) -> Sam:
     """SAM of a registered size; random weights without `checkpoint`, else a converted directory.
 
     dtype: compute dtype (None = float32, the parity setting; jnp.bfloat16 for speed). Weights
-    stay float32 either way."""
+    stay float32 either way. attention_impl: "reference" (the official op order) or a fast path
+    ("fast" picks the best attention kernel for the device; see `image_encoder.ATTENTION_IMPLS`).
+    scan_blocks: run the encoder blocks as `lax.scan` (same math; see `ImageEncoderViT`)."""
     config = _config(model_type)
     model = Sam(
         config,
@@ -56,6 +59,7 @@ def build_sam(
         attention_impl=attention_impl,
         plugin_config=plugin_config,
         model_type=model_type,
+        scan_blocks=scan_blocks,
     )
     if checkpoint is not None:
         flat, meta = ckpt.load(checkpoint)
@@ -77,6 +81,7 @@ def build_stable_sam(
     dtype=None,
     attention_impl: str = "reference",
     seed: int = 0,
+    scan_blocks: bool = False,
     **options,
 ) -> Sam:
     """SAM with Stable-SAM's DSP and DRP plugins.
@@ -106,6 +111,7 @@ def build_stable_sam(
         attention_impl=attention_impl,
         seed=seed,
         plugin_config=plugin_config,
+        scan_blocks=scan_blocks,
     )
     if plugins is not None:
         flat, _ = ckpt.load(plugins)

@@ -64,6 +64,7 @@ class Sam(nnx.Module):
         attention_impl: str = "reference",
         plugin_config: PluginConfig | None = None,
         model_type: str = "custom",
+        scan_blocks: bool = False,
     ):
         self.config = config
         self.model_type = model_type
@@ -80,6 +81,7 @@ class Sam(nnx.Module):
             global_attn_indexes=config.encoder_global_attn_indexes,
             dtype=dtype,
             attention_impl=attention_impl,
+            scan_blocks=scan_blocks,
         )
         grid = config.image_embedding_size
         self.prompt_encoder = PromptEncoder(
