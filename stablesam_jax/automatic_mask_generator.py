@@ -53,13 +53,24 @@ def _region(ry, rx, crop_hw):
     return rows[:, None] & cols[None, :]
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@functools.partial(jax.jit, static_argnums=(0, 11))
 def _grid_candidates(
-    graphdef, state, features, points, point_valid, ry, rx, crop_hw, crop_box, orig_box, settings
+    graphdef,
+    state,
+    features,
+    points,
+    point_valid,
+    ry,
+    rx,
+    crop_hw,
+    crop_box,
+    orig_box,
+    settings,
+    multimask_output=True,
 ):
     """points [chunks, chunk, 2] in the model's input frame -> every candidate's low-res logits,
-    predicted IoU, stability, box (crop frame) and NMS keep flag; candidate i is mask i % 3 of
-    point i // 3 (the official flatten order)."""
+    predicted IoU, stability, box (crop frame) and NMS keep flag; candidate i is mask i % M of
+    point i // M (the official flatten order; M = 3 masks per point, or 1 without multimask)."""
     TRACE_COUNTS["grid_candidates"] += 1
     model = nnx.merge(graphdef, state)
     dense_pe = model.prompt_encoder.get_dense_pe()
@@ -69,7 +80,7 @@ def _grid_candidates(
     def chunk(chunk_points):
         labels = jnp.ones((chunk_points.shape[0], 1), jnp.int32)
         sparse, dense = model.prompt_encoder((chunk_points[:, None, :], labels), None, None)
-        low_res, iou = model.mask_decoder(features[None], dense_pe, sparse, dense, True)
+        low_res, iou = model.mask_decoder(features[None], dense_pe, sparse, dense, multimask_output)
         logits = jnp.where(region, _upscale(low_res, ry, rx), -jnp.inf)
         stability = amg.stability_scores(logits, threshold, settings["stability_score_offset"])
         boxes = amg.masks_to_boxes(logits > threshold)
@@ -78,7 +89,7 @@ def _grid_candidates(
     low_res, iou, stability, boxes = jax.lax.map(chunk, points)
     low_res = low_res.reshape(-1, *low_res.shape[-2:])
     iou, stability, boxes = iou.reshape(-1), stability.reshape(-1), boxes.reshape(-1, 4)
-    valid = jnp.repeat(point_valid.reshape(-1), 3)
+    valid = jnp.repeat(point_valid.reshape(-1), 3 if multimask_output else 1)
     # The official skips a filter whose threshold is <= 0, which also lets NaN scores through.
     valid &= (iou > settings["pred_iou_thresh"]) | ~settings["filter_iou"]
     valid &= (stability >= settings["stability_score_thresh"]) | ~settings["filter_stability"]
@@ -132,6 +143,8 @@ class SamAutomaticMaskGenerator:
       size_multiple: crop heights and widths are padded up to a multiple of this on the device,
         so every image whose size falls in the same bucket reuses the compiled programs.
       final_chunk: surviving masks are upsampled and copied to the host this many at a time.
+      multimask_output: False takes one mask per point (the decoder's single-mask token), as
+        SAM 2's generator allows; for models trained only on that output, such as the demo SAM.
     `min_mask_region_area` cleanup runs on the host with scipy (no OpenCV needed).
     """
 
@@ -154,6 +167,7 @@ class SamAutomaticMaskGenerator:
         *,
         size_multiple: int = 64,
         final_chunk: int = 64,
+        multimask_output: bool = True,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -205,6 +219,7 @@ class SamAutomaticMaskGenerator:
         self.output_mode = output_mode
         self.size_multiple = size_multiple
         self.final_chunk = final_chunk
+        self.multimask_output = bool(multimask_output)
         self.update_weights()
 
     @property
@@ -315,6 +330,7 @@ class SamAutomaticMaskGenerator:
             np.array(crop_box, np.int32),
             np.array([0, 0, orig_size[1], orig_size[0]], np.int32),
             self._settings(),
+            self.multimask_output,
         )
         keep, order = np.asarray(out["keep"]), np.asarray(out["order"])
         kept = order[keep[order]]  # NMS order: descending predicted IoU
@@ -343,7 +359,8 @@ class SamAutomaticMaskGenerator:
             "boxes": np.asarray(out["boxes"])[kept].astype(np.int64) + offset,
             "iou_preds": np.asarray(out["iou_preds"])[kept],
             "stability_score": np.asarray(out["stability_score"])[kept],
-            "points": np.repeat(points, 3, axis=0)[kept] + offset[:2],
+            "points": np.repeat(points, 3 if self.multimask_output else 1, axis=0)[kept]
+            + offset[:2],
             "crop_boxes": np.tile(np.array(crop_box, np.int64), (len(kept), 1)),
         }
 
@@ -417,9 +434,11 @@ def benchmark(model: Sam, image: np.ndarray, repeats: int = 3, **generator_kwarg
     }
 
 
-def _click_consistency(predictor: SamPredictor, gt: np.ndarray, grid: np.ndarray) -> dict | None:
-    """Every grid click inside one object, each answered by its best-scored mask: how much the
-    answers agree (the paper's mSF: mean IoU of each mask with their union) and how close they
+def _click_consistency(
+    predictor: SamPredictor, gt: np.ndarray, grid: np.ndarray, multimask_output: bool = True
+) -> dict | None:
+    """Every grid click inside one object, each answered by its best-scored mask (or its single
+    mask without multimask output): how much the answers agree (the paper's mSF: mean IoU of each mask with their union) and how close they
     are to the object."""
     from . import metrics
 
@@ -429,7 +448,9 @@ def _click_consistency(predictor: SamPredictor, gt: np.ndarray, grid: np.ndarray
     pts = pts[inside]
     if len(pts) < 2:
         return None
-    masks, iou, _ = predictor.predict_batch(pts[:, None, :], np.ones((len(pts), 1), np.int32))
+    masks, iou, _ = predictor.predict_batch(
+        pts[:, None, :], np.ones((len(pts), 1), np.int32), multimask_output=multimask_output
+    )
     best = masks[np.arange(len(pts)), iou.argmax(1)]
     return {
         "clicks": len(pts),
@@ -466,7 +487,7 @@ def robustness_report(
             gen.predictor.set_image(scene["image"])
             for gt in scene["masks"]:
                 best_ious.append(max((metrics.mask_iou(s, gt) for s in segs), default=0.0))
-                c = _click_consistency(gen.predictor, gt, grid)
+                c = _click_consistency(gen.predictor, gt, grid, gen.multimask_output)
                 if c is not None:
                     consistency.append(c)
         report[name] = {
@@ -504,6 +525,12 @@ def main(argv=None) -> int:
         p.add_argument("--stability-score-thresh", type=float, default=0.95)
         p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
         p.add_argument("--compilation-cache", help="persistent compilation cache directory")
+        p.add_argument(
+            "--single-mask",
+            action="store_true",
+            help="one mask per point (multimask_output=False), e.g. for the demo SAM, whose "
+            "pretraining fits only the single-mask output",
+        )
     bench = sub.choices["bench"]
     bench.add_argument("--image-size", type=int, default=None, help="long side (default img_size)")
     bench.add_argument("--repeats", type=int, default=3)
@@ -511,6 +538,12 @@ def main(argv=None) -> int:
     compare.add_argument("--plugins", help="Stable-SAM plugin checkpoint (fresh plugins if absent)")
     compare.add_argument("--num-scenes", type=int, default=4)
     compare.add_argument("--scene-size", type=int, default=256)
+    compare.add_argument(
+        "--scene-seed",
+        type=int,
+        default=0,
+        help="generated scenes (the demo trains on seeds 1, 2 and 5 and evaluates on 3)",
+    )
     args = parser.parse_args(argv)
 
     if args.compilation_cache:
@@ -525,6 +558,7 @@ def main(argv=None) -> int:
         points_per_batch=args.points_per_batch,
         pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh,
+        multimask_output=not args.single_mask,
     )
     info = {
         "command": args.command,
@@ -549,10 +583,12 @@ def main(argv=None) -> int:
         stable = build_stable_sam(args.model_type, args.checkpoint, args.plugins, dtype=dtype)
         info["plugins"] = args.plugins or "fresh (identity at initialization)"
         info["num_scenes"], info["scene_size"] = args.num_scenes, args.scene_size
+        info["scene_seed"] = args.scene_seed
         info["report"] = robustness_report(
             {"sam": sam, "stable_sam": stable},
             num_scenes=args.num_scenes,
             scene_size=args.scene_size,
+            seed=args.scene_seed,
             **kwargs,
         )
     print(json.dumps(info, indent=2))

@@ -81,6 +81,7 @@ def build_stable_sam(
     dtype=None,
     attention_impl: str = "reference",
     seed: int = 0,
+    plugin_seed: int | None = None,
     scan_blocks: bool = False,
     **options,
 ) -> Sam:
@@ -89,8 +90,9 @@ def build_stable_sam(
     checkpoint: converted SAM weights (or a merged "stable_sam" export); plugins: a plugin
     checkpoint written by training or `save_plugins`. Its stored plugin options are used unless
     overridden in `options` (any `PluginConfig` field: dsp_layers, offset_scale, sample, use_drp,
-    drp_hidden_dim). Building never changes a SAM weight: with fresh plugins the model's outputs
-    equal SAM's."""
+    drp_hidden_dim). `seed` initializes SAM's weights when there is no checkpoint, `plugin_seed`
+    the fresh plugins (PluginConfig.seed). Building never changes a SAM weight: with fresh plugins
+    the model's outputs equal SAM's."""
     plugin_meta = None
     if plugins is not None:
         plugin_meta = ckpt.read_meta(plugins)
@@ -103,6 +105,8 @@ def build_stable_sam(
     unknown = set(options) - {f.name for f in dataclasses.fields(PluginConfig)}
     if unknown:
         raise TypeError(f"unknown Stable-SAM options {sorted(unknown)}")
+    if plugin_seed is not None:
+        options["seed"] = plugin_seed
     plugin_config = PluginConfig(**{**stored, **options})
     model = build_sam(
         model_type,

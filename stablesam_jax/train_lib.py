@@ -114,7 +114,14 @@ def default_config() -> ml_collections.ConfigDict:
         True  # build Stable-SAM (DSP + DRP); False = plain SAM (baselines, pretraining)
     )
     c.plugins = ml_collections.ConfigDict(
-        dict(dsp_layers=(1,), offset_scale=4.0, sample="raw", use_drp=True, drp_hidden_dim=32)
+        dict(
+            dsp_layers=(1,),
+            offset_scale=4.0,
+            sample="raw",
+            use_drp=True,
+            drp_hidden_dim=32,
+            seed=0,  # plugin initialization, independent of model_seed (SAM's)
+        )
     )
     c.trainable = (
         "plugins"  # plugins (Stable-SAM) / decoder (DT-SAM) / prompt_tokens (PT-SAM) / all
@@ -264,6 +271,7 @@ def build_model(config: ml_collections.ConfigDict) -> Sam:
     if config.with_plugins:
         options = dict(config.plugins.to_dict())
         options["dsp_layers"] = tuple(options["dsp_layers"])
+        options["plugin_seed"] = options.pop("seed", None)
         model = builder.build_stable_sam(
             config.model_type, config.sam_checkpoint, **common, **options
         )

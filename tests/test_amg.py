@@ -79,9 +79,10 @@ def pair():
 # ----------------------------------------------------------------------------- blob decoder
 
 
-def blob_outputs(points, low_res: int, img_size: int, xp):
-    """points [B, 2] (x, y) in the input frame -> logits [B, 3, L, L], iou [B, 3]; `xp` is torch
-    or jax.numpy, so both models run the same formula."""
+def blob_outputs(points, low_res: int, img_size: int, xp, multimask_output: bool = True):
+    """points [B, 2] (x, y) in the input frame -> logits [B, 3, L, L], iou [B, 3] (the smallest
+    blob alone, [B, 1, ...], without multimask output); `xp` is torch or jax.numpy, so both models
+    run the same formula."""
     centres = (xp.arange(low_res, dtype=xp.float32) + 0.5) * (img_size / low_res)
     px, py = points[:, 0], points[:, 1]
     dist = xp.sqrt(
@@ -95,7 +96,8 @@ def blob_outputs(points, low_res: int, img_size: int, xp):
         radius = base * (1.0 + 0.3 * phase)
         logits.append((radius[:, None, None] - dist) * sharpness[:, None, None])
         iou.append(0.7 + 0.25 * xp.sin(0.13 * px - 0.07 * py + 1.7 * m))
-    return xp.stack(logits, 1), xp.stack(iou, 1)
+    logits, iou = xp.stack(logits, 1), xp.stack(iou, 1)
+    return (logits, iou) if multimask_output else (logits[:, :1], iou[:, :1])
 
 
 class _TorchBlobPrompts(torch.nn.Module):
@@ -116,7 +118,11 @@ class _TorchBlobDecoder(torch.nn.Module):
         multimask_output,
     ):
         return blob_outputs(
-            sparse_prompt_embeddings, 4 * CONFIG.image_embedding_size, CONFIG.img_size, torch
+            sparse_prompt_embeddings,
+            4 * CONFIG.image_embedding_size,
+            CONFIG.img_size,
+            torch,
+            multimask_output,
         )
 
 
@@ -134,7 +140,9 @@ class _JaxBlobDecoder(nnx.Module):
     def __call__(self, image_embeddings, image_pe, sparse, dense, multimask_output):
         import jax.numpy as jnp
 
-        return blob_outputs(sparse, 4 * CONFIG.image_embedding_size, CONFIG.img_size, jnp)
+        return blob_outputs(
+            sparse, 4 * CONFIG.image_embedding_size, CONFIG.img_size, jnp, multimask_output
+        )
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +257,40 @@ def test_random_weights_match_official(pair, image, setting):
     got = SamAutomaticMaskGenerator(ours, **kwargs).generate(image)
     assert len(ref) >= 10
     _check(compare_records(ref, got), iou_pred_tol=1e-4)
+
+
+class _TorchSingleMaskDecoder(torch.nn.Module):
+    """The official decoder answering every call with its single-mask output: the official
+    generator (which repeats each point by the number of masks returned) then does what ours does
+    with multimask_output=False."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, **kwargs):
+        return self.decoder(**{**kwargs, "multimask_output": False})
+
+
+@pytest.mark.parametrize("model", ["blob", "random_weights"])
+def test_single_mask_output_matches_official_with_single_mask_decoder(
+    model, pair, blob_pair, image
+):
+    import copy
+
+    torch_sam, ours = blob_pair if model == "blob" else pair
+    torch_single = copy.deepcopy(torch_sam)
+    torch_single.mask_decoder = _TorchSingleMaskDecoder(torch_single.mask_decoder)
+    if model == "blob":
+        kwargs, enough = BLOB_SETTINGS["filters"], 8
+    else:  # random single-mask outputs are near-duplicates: few survive the NMS
+        kwargs, enough = RANDOM_SETTINGS["unfiltered"], 3
+    ref = OfficialGenerator(torch_single, **kwargs).generate(image)
+    got = SamAutomaticMaskGenerator(ours, multimask_output=False, **kwargs).generate(image)
+    assert len(ref) >= enough
+    _check(compare_records(ref, got), iou_pred_tol=1e-4)
+    multi = SamAutomaticMaskGenerator(ours, **kwargs).generate(image)
+    assert len(multi) != len(got)
 
 
 def test_same_bucket_compiles_once(blob_pair):

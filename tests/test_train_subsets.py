@@ -85,3 +85,17 @@ def test_only_the_chosen_subset_moves(subset, batch, model):
         # The DSP offset conv starts at zero, so the DSP weights before it get no gradient at
         # step 1, but do at step 2: after two steps every trainable weight has moved.
         assert moved == expected, sorted(expected - moved)[:10]
+
+
+def test_plugin_seed_from_config_changes_only_plugin_weights():
+    def weights(plugin_seed):
+        config = tiny_config("plugins", with_plugins=True, model_seed=0)
+        config.plugins.seed = plugin_seed
+        model = train_lib.build_model(config)
+        plugin_names = ckpt.weight_names(model, lambda p, v: isinstance(v, PluginParam))
+        return ckpt.flat_weights(model, lambda p, v: isinstance(v, nnx.Variable)), plugin_names
+
+    first, plugin_names = weights(0)
+    second, _ = weights(1)
+    differing = {n for n in first if not np.array_equal(first[n], second[n])}
+    assert differing and differing <= plugin_names
