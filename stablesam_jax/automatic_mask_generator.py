@@ -438,8 +438,8 @@ def _click_consistency(
     predictor: SamPredictor, gt: np.ndarray, grid: np.ndarray, multimask_output: bool = True
 ) -> dict | None:
     """Every grid click inside one object, each answered by its best-scored mask (or its single
-    mask without multimask output): how much the answers agree (the paper's mSF: mean IoU of each mask with their union) and how close they
-    are to the object."""
+    mask without multimask output): how much the answers agree (the paper's mSF: mean IoU of each
+    mask with their union) and how close they are to the object."""
     from . import metrics
 
     h, w = gt.shape
