@@ -133,53 +133,6 @@ def _xla_flops(compiled) -> float | None:
     return float(flops) if flops else None
 
 
-def install_torchvision_stand_in() -> None:
-    """Lets the official `segment_anything` package (its predictor) import without torchvision,
-    which it uses only for a PIL resize of the image and for NMS; the stand-in resizes with PIL
-    bilinear the same way (a copy of the test suite's `tests/torchvision_stub.py`, resize only).
-    Does nothing when a working torchvision is installed."""
-    import types
-
-    try:
-        import torchvision  # noqa: F401
-
-        return
-    except Exception:  # noqa: BLE001 - absent or broken: use the stand-in
-        pass
-    from PIL import Image
-
-    def to_pil_image(pic):
-        return Image.fromarray(np.asarray(pic))
-
-    def resize(img, size, interpolation=None, max_size=None, antialias=None):
-        return img.resize((size[1], size[0]), Image.BILINEAR)
-
-    def batched_nms(*args, **kwargs):
-        raise NotImplementedError("the benchmark's torchvision stand-in has no NMS")
-
-    tv = types.ModuleType("torchvision")
-    transforms = types.ModuleType("torchvision.transforms")
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.resize = resize
-    functional.to_pil_image = to_pil_image
-    transforms.functional = functional
-    ops = types.ModuleType("torchvision.ops")
-    boxes_mod = types.ModuleType("torchvision.ops.boxes")
-    boxes_mod.batched_nms = batched_nms
-    ops.boxes = boxes_mod
-    ops.batched_nms = batched_nms
-    tv.transforms, tv.ops = transforms, ops
-    sys.modules.update(
-        {
-            "torchvision": tv,
-            "torchvision.transforms": transforms,
-            "torchvision.transforms.functional": functional,
-            "torchvision.ops": ops,
-            "torchvision.ops.boxes": boxes_mod,
-        }
-    )
-
-
 class Context:
     """What every JSON line carries: when, where, with what, and the command."""
 
@@ -488,7 +441,11 @@ def bench_set_image(ctx: Context, model_type: str) -> dict:
     import torch
 
     from .modeling import SAM_VARIANTS
-    from .official import build_official_sam, import_official_modeling
+    from .official import (
+        build_official_sam,
+        import_official_modeling,
+        install_torchvision_stand_in,
+    )
     from .predictor import SamPredictor
 
     args = ctx.args

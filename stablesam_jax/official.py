@@ -2,7 +2,7 @@
 
 The package's `__init__` imports torchvision only for image transforms and NMS; its `modeling`
 subpackage needs torch alone. We register the package without running its `__init__` and import
-`segment_anything.modeling` from it.
+`segment_anything.modeling` from it, or install a torchvision stand-in so the whole package works.
 """
 
 from __future__ import annotations
@@ -11,6 +11,81 @@ import importlib
 import importlib.util
 import sys
 import types
+
+
+def install_torchvision_stand_in() -> None:
+    """Registers a stand-in for the few torchvision functions the official `segment_anything`
+    package imports (a PIL resize for its predictor, batched NMS for its mask generator), so the
+    official `SamPredictor` and `SamAutomaticMaskGenerator` run unchanged without torchvision, a
+    5.5 GB install. Does nothing when a working torchvision is installed."""
+    try:
+        import torchvision  # noqa: F401
+
+        return
+    except Exception:  # noqa: BLE001 - absent or broken: use the stand-in
+        pass
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    def to_pil_image(pic):
+        return Image.fromarray(np.asarray(pic))
+
+    def resize(img, size, interpolation=None, max_size=None, antialias=None):
+        # torchvision on PIL images: size is (h, w); PIL takes (w, h); bilinear by default.
+        return img.resize((size[1], size[0]), Image.BILINEAR)
+
+    def box_area(boxes):
+        return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+    def box_iou(a, b):
+        lt = torch.max(a[:, None, :2], b[None, :, :2])
+        rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+        wh = (rb - lt).clamp(min=0)
+        inter = wh[..., 0] * wh[..., 1]
+        return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter)
+
+    def nms(boxes, scores, iou_threshold):
+        order = torch.argsort(scores, descending=True)
+        keep = []
+        suppressed = torch.zeros(len(boxes), dtype=torch.bool)
+        ious = box_iou(boxes, boxes)
+        for i in order.tolist():
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            suppressed |= ious[i] > iou_threshold
+        return torch.tensor(keep, dtype=torch.int64)
+
+    def batched_nms(boxes, scores, idxs, iou_threshold):
+        if boxes.numel() == 0:
+            return torch.empty((0,), dtype=torch.int64)
+        offsets = idxs.to(boxes) * (boxes.max() + 1)
+        return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+    tv = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.resize = resize
+    functional.to_pil_image = to_pil_image
+    transforms.functional = functional
+    ops = types.ModuleType("torchvision.ops")
+    boxes_mod = types.ModuleType("torchvision.ops.boxes")
+    boxes_mod.batched_nms = batched_nms
+    boxes_mod.box_area = box_area
+    ops.boxes = boxes_mod
+    ops.batched_nms = batched_nms
+    tv.transforms = transforms
+    tv.ops = ops
+    sys.modules.update(
+        {
+            "torchvision": tv,
+            "torchvision.transforms": transforms,
+            "torchvision.transforms.functional": functional,
+            "torchvision.ops": ops,
+            "torchvision.ops.boxes": boxes_mod,
+        }
+    )
 
 
 class OfficialSamUnavailable(ImportError):

@@ -28,6 +28,13 @@ def run_cli(repo_root, *args):
     )
 
 
+def convert_vit_t(repo_root, checkpoint, output):
+    """The CLI on a vit_t checkpoint (the bad-input cases)."""
+    return run_cli(
+        repo_root, "--model-type", "vit_t", "--checkpoint", str(checkpoint), "--output", str(output)
+    )
+
+
 def official_shapes(model_type):
     with torch.device("meta"):
         torch_sam = build_official_sam(SAM_VARIANTS[model_type])
@@ -120,15 +127,7 @@ def test_cli_truncated_file(repo_root, tiny_checkpoint, tmp_path):
     data = open(pth, "rb").read()
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
-    r = run_cli(
-        repo_root,
-        "--model-type",
-        "vit_t",
-        "--checkpoint",
-        str(path),
-        "--output",
-        str(tmp_path / "x"),
-    )
+    r = convert_vit_t(repo_root, path, tmp_path / "x")
     assert r.returncode == 1
     assert "truncated or corrupt" in r.stderr and str(path) in r.stderr
 
@@ -136,26 +135,10 @@ def test_cli_truncated_file(repo_root, tiny_checkpoint, tmp_path):
 def test_cli_not_a_checkpoint(repo_root, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("these are not weights\n")
-    r = run_cli(
-        repo_root,
-        "--model-type",
-        "vit_t",
-        "--checkpoint",
-        str(path),
-        "--output",
-        str(tmp_path / "x"),
-    )
+    r = convert_vit_t(repo_root, path, tmp_path / "x")
     assert r.returncode == 1 and str(path) in r.stderr
     assert "truncated or corrupt" in r.stderr or "not a PyTorch checkpoint" in r.stderr
-    r = run_cli(
-        repo_root,
-        "--model-type",
-        "vit_t",
-        "--checkpoint",
-        str(tmp_path / "missing.pth"),
-        "--output",
-        str(tmp_path / "x"),
-    )
+    r = convert_vit_t(repo_root, tmp_path / "missing.pth", tmp_path / "x")
     assert r.returncode == 1 and "does not exist" in r.stderr
 
 
@@ -166,15 +149,7 @@ def test_cli_missing_and_extra_keys(repo_root, tiny_checkpoint, tmp_path):
     sd["mask_decoder.hq_token.weight"] = torch.zeros(1, 256)
     path = tmp_path / "edited.pth"
     torch.save(sd, path)
-    r = run_cli(
-        repo_root,
-        "--model-type",
-        "vit_t",
-        "--checkpoint",
-        str(path),
-        "--output",
-        str(tmp_path / "x"),
-    )
+    r = convert_vit_t(repo_root, path, tmp_path / "x")
     assert r.returncode == 1
     assert "1 missing keys: mask_decoder.iou_token.weight" in r.stderr
     assert "1 unexpected keys: mask_decoder.hq_token.weight" in r.stderr

@@ -17,22 +17,8 @@ reports, on the four HQ datasets (DIS-VD, ThinObject-TE, COIFT, HR-SOD), mIoU / 
 no weights or data can be downloaded on the machines this project is built on.
 """
 
-from stablesam_jax.train_lib import default_config
+from stablesam_jax.train_lib import paper_config
 
 
 def get_config(arg: str | None = None):
-    config = default_config()
-    config.model_type = "vit_l"
-    config.trainable = "plugins"
-    config.with_plugins = True
-    config.batch_size = 32
-    config.num_epochs = 1.0
-    config.optimizer.learning_rate = 1e-3
-    config.optimizer.weight_decay = 0.0
-    config.data.source = "hqseg44k"
-    config.data.num_workers = 8
-    config.dtype = "bfloat16"  # compute only; weights, optimizer and loss stay float32
-    config.attention_impl = "folded_cudnn"
-    config.log_every_steps = 20
-    config.checkpoint_every_steps = 200
-    return config
+    return paper_config()
