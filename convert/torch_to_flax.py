@@ -11,7 +11,7 @@ largest differences (needs `segment-anything` and torch: pip install 'stablesam-
 
 import sys
 
-from stablesam_jax.convert_cli import main
+from stablesam_jax.commands.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

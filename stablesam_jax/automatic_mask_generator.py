@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from . import amg_utils as amg
 from .modeling.sam import Sam
 from .predictor import SamPredictor, validate_image
+from .utils import amg
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # How many times each compiled program has been traced (a trace is a compile): the tests use it
@@ -73,14 +73,14 @@ def _grid_candidates(
     point i // M (the official flatten order; M = 3 masks per point, or 1 without multimask)."""
     TRACE_COUNTS["grid_candidates"] += 1
     model = nnx.merge(graphdef, state)
-    dense_pe = model.prompt_encoder.get_dense_pe()
     region = _region(ry, rx, crop_hw)
     threshold = settings["mask_threshold"]
 
     def chunk(chunk_points):
         labels = jnp.ones((chunk_points.shape[0], 1), jnp.int32)
-        sparse, dense = model.prompt_encoder((chunk_points[:, None, :], labels), None, None)
-        low_res, iou = model.mask_decoder(features[None], dense_pe, sparse, dense, multimask_output)
+        low_res, iou, _ = model.decode(
+            features[None], chunk_points[:, None, :], labels, multimask_output=multimask_output
+        )
         logits = jnp.where(region, _upscale(low_res, ry, rx), -jnp.inf)
         stability = amg.stability_scores(logits, threshold, settings["stability_score_offset"])
         boxes = amg.masks_to_boxes(logits > threshold)
@@ -440,7 +440,7 @@ def _click_consistency(
     """Every grid click inside one object, each answered by its best-scored mask (or its single
     mask without multimask output): how much the answers agree (the paper's mSF: mean IoU of each
     mask with their union) and how close they are to the object."""
-    from . import metrics
+    from .evaluation import metrics
 
     h, w = gt.shape
     pts = grid * np.array([w, h])
@@ -469,8 +469,8 @@ def robustness_report(
     """SAM vs Stable-SAM (or any named models) under the single-click grid prompts of automatic
     mask generation, on synthetic scenes with known instances: how many masks, their scores, how
     well they recover the instances, and how consistent the clicks inside one object are."""
-    from . import metrics
     from .data.scenes import generate_scene
+    from .evaluation import metrics
 
     scenes = [generate_scene((seed, i), size=scene_size) for i in range(num_scenes)]
     report = {}
@@ -547,7 +547,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.compilation_cache:
-        from .compilation_cache import enable_compilation_cache
+        from .utils.compilation_cache import enable_compilation_cache
 
         enable_compilation_cache(args.compilation_cache)
     from .builder import build_sam, build_stable_sam

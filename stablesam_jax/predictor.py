@@ -17,7 +17,7 @@ from flax import nnx
 from .constants import PIXEL_MEAN, PIXEL_STD
 from .modeling import ops
 from .modeling.sam import Sam
-from .transforms import ResizeLongestSide
+from .utils.transforms import ResizeLongestSide
 
 DEFAULT_PROMPT_BUCKETS = (1, 4, 16, 64, 256)
 
@@ -117,17 +117,15 @@ def _decode(
     return_intermediates,
 ):
     model = nnx.merge(graphdef, state)
-    points = None if point_coords is None else (point_coords, point_labels)
-    sparse, dense = model.prompt_encoder(points, boxes, mask_input)
-    out = model.mask_decoder(
+    return model.decode(
         features[None],
-        model.prompt_encoder.get_dense_pe(),
-        sparse,
-        dense,
-        multimask_output,
+        point_coords,
+        point_labels,
+        boxes,
+        mask_input,
+        multimask_output=multimask_output,
         return_intermediates=return_intermediates,
     )
-    return out if return_intermediates else (*out, {})
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))

@@ -1,49 +1,6 @@
-"""Command line: `python -m stablesam_jax.train --config train/configs/NAME.py --workdir DIR`.
+"""`python -m stablesam_jax.train`: the training command (`stablesam_jax.commands.train`)."""
 
-Any config field can be overridden, e.g. `--config.batch_size=8 --config.data.root=/data/hq`.
-A workdir that already holds checkpoints resumes from the latest one. For a multi-host job run the
-same command on every host (with `--config.distributed.coordinator_address=HOST:PORT
---config.distributed.num_processes=N --config.distributed.process_id=I` where the cluster is not
-auto-detected). Exit status: 0 done, 1 bad config or data (the message names what to fix), 3 a
-non-finite loss (the last good checkpoint stays).
-"""
-
-from __future__ import annotations
-
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the export.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from absl import logging as absl_logging
-
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
-    from stablesam_jax import train_lib  # after flag parsing: JAX starts here
-
-    config = _CONFIG.value
-    train_lib.initialize_distributed(config, auto_detect=True)
-    train_lib.configure_logging()
-    from stablesam_jax.data.folders import DataError
-
-    try:
-        result = train_lib.train(config, _WORKDIR.value)
-    except train_lib.NonFiniteLossError as error:
-        print(f"ERROR: {error}", file=sys.stderr, flush=True)
-        sys.exit(3)
-    except (train_lib.ConfigError, DataError) as error:
-        print(f"ERROR: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    print(f"exported {result['export_kind']} weights to {result['export']}", flush=True)
-
+from stablesam_jax.commands.train import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

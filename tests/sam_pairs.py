@@ -9,7 +9,7 @@ from flax import nnx
 from stablesam_jax import checkpoint as ckpt
 from stablesam_jax.convert import convert_state_dict
 from stablesam_jax.modeling import Sam, SamConfig
-from stablesam_jax.official import build_official_sam, randomize_
+from stablesam_jax.tools.official import build_official_sam, randomize_
 
 
 def make_pair(config: SamConfig, seed: int = 0, plugin_config=None):

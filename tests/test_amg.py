@@ -17,7 +17,6 @@ from flax import nnx
 from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
 from segment_anything.utils import amg as official_amg
 
-from stablesam_jax import amg_utils as amg
 from stablesam_jax import automatic_mask_generator as amg_module
 from stablesam_jax import checkpoint as ckpt
 from stablesam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
@@ -25,7 +24,8 @@ from stablesam_jax.convert import convert_state_dict
 from stablesam_jax.data.scenes import generate_scene
 from stablesam_jax.modeling import SAM_VARIANTS, Sam
 from stablesam_jax.modeling.plugins import PluginConfig
-from stablesam_jax.official import build_official_sam, randomize_
+from stablesam_jax.tools.official import build_official_sam, randomize_
+from stablesam_jax.utils import amg
 
 CONFIG = SAM_VARIANTS["vit_t"]
 
@@ -137,12 +137,13 @@ class _JaxBlobPrompts(nnx.Module):
 
 
 class _JaxBlobDecoder(nnx.Module):
-    def __call__(self, image_embeddings, image_pe, sparse, dense, multimask_output):
+    def __call__(self, image_embeddings, image_pe, sparse, dense, multimask_output, **unused):
         import jax.numpy as jnp
 
-        return blob_outputs(
+        logits, iou = blob_outputs(
             sparse, 4 * CONFIG.image_embedding_size, CONFIG.img_size, jnp, multimask_output
         )
+        return logits, iou, {}
 
 
 @pytest.fixture(scope="module")

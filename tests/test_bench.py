@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from stablesam_jax import bench
 from stablesam_jax.modeling import SAM_VARIANTS
+from stablesam_jax.tools import bench
 
 TINY = ["--model-type", "vit_t", "--warmup", "0", "--iters", "1", "--seed", "1"]
 

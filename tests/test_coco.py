@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from stablesam_jax.coco import detections_for_coco, evaluate_coco
+from stablesam_jax.evaluation.coco import detections_for_coco, evaluate_coco
 
 HEIGHT, WIDTH = 48, 64
 

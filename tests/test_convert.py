@@ -16,7 +16,7 @@ from stablesam_jax.builder import save_plugins
 from stablesam_jax.checkpoint import CheckpointError
 from stablesam_jax.convert import ConversionError, check_conversion
 from stablesam_jax.modeling import SAM_VARIANTS
-from stablesam_jax.official import build_official_sam, randomize_
+from stablesam_jax.tools.official import build_official_sam, randomize_
 
 
 def run_cli(repo_root, *args):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from stablesam_jax import demo, figures, pretrained
+from stablesam_jax import demo, pretrained
+from stablesam_jax.demo import figures
 
 PROMPT_TYPES = ("gt_box", "noisy_box", "one_point", "three_points")
 

@@ -14,13 +14,15 @@ from flax import nnx
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from stablesam_jax import SamPredictor, build_sam, build_stable_sam, eval_lib, metrics
+from stablesam_jax import SamPredictor, build_sam, build_stable_sam
 from stablesam_jax import checkpoint as ckpt
-from stablesam_jax.coco import evaluate_coco, load_coco, load_rgb, prompted_instances
 from stablesam_jax.data.folders import HQ_EVAL
+from stablesam_jax.data.prompts import eval_prompts, image_seed
 from stablesam_jax.data.scenes import generate_scene, write_scene_folder
+from stablesam_jax.evaluation import job as eval_lib
+from stablesam_jax.evaluation import metrics
+from stablesam_jax.evaluation.coco import evaluate_coco, load_coco, load_rgb, prompted_instances
 from stablesam_jax.modeling.common import PluginParam
-from stablesam_jax.prompts import eval_prompts, image_seed
 
 DEMO_TYPES = ("gt_box", "noisy_box", "one_point", "three_points")
 

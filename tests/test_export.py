@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stablesam_jax import SamPredictor, serving
-from stablesam_jax import export as export_module
+from stablesam_jax import SamPredictor
 from stablesam_jax.checkpoint import path_name
-from stablesam_jax.export import export_model, main
 from stablesam_jax.modeling import SAM_VARIANTS, Sam
 from stablesam_jax.modeling.plugins import PluginConfig
+from stablesam_jax.serving import export as export_module
+from stablesam_jax.serving import runtime as serving
+from stablesam_jax.serving.export import export_model, main
 
 PROMPTS = dict(
     point_coords=np.array(
@@ -90,7 +91,7 @@ SERVE_SCRIPT = textwrap.dedent(
     """
     import sys, json
     import numpy as np
-    from stablesam_jax import serving
+    from stablesam_jax.serving import runtime as serving
     export_dir, image_path, out_path = sys.argv[1:4]
     sam = serving.ExportedSam(export_dir)
     image = np.load(image_path)
@@ -231,7 +232,7 @@ def test_cli_writes_random_weights_with_a_warning(model, tmp_path, monkeypatch):
 def test_persistent_cache_stores_small_cpu_programs(tmp_path):
     code = textwrap.dedent(
         f"""
-        from stablesam_jax.compilation_cache import enable_compilation_cache
+        from stablesam_jax.utils.compilation_cache import enable_compilation_cache
         enable_compilation_cache({str(tmp_path)!r})
         import jax, jax.numpy as jnp
         jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()

@@ -13,8 +13,8 @@ from flax import nnx
 from stablesam_jax import build_sam
 from stablesam_jax import checkpoint as ckpt
 from stablesam_jax.modeling import SAM_VARIANTS, ImageEncoderViT, ops
-from stablesam_jax.official import import_official_modeling
 from stablesam_jax.predictor import SamPredictor
+from stablesam_jax.tools.official import import_official_modeling
 
 # ----------------------------------------------------------------------------- attention
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stablesam_jax import losses
+from stablesam_jax.training import losses
 
 
 # ---- HQ-SAM's reference (torch), the candidate points passed in instead of torch.rand ----------

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stablesam_jax.metrics import (
+from stablesam_jax.evaluation.metrics import (
     boundary_iou,
     boundary_iou_batch,
     boundary_width,

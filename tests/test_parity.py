@@ -133,7 +133,7 @@ def test_mask_decoder(pair, multimask):
     j_sparse, j_dense = ours.prompt_encoder(
         (jnp.asarray(coords), jnp.asarray(labels)), jnp.asarray(boxes), jnp.asarray(masks)
     )
-    got_masks, got_iou = ours.mask_decoder(
+    got_masks, got_iou, _ = ours.mask_decoder(
         jnp.asarray(emb), ours.prompt_encoder.get_dense_pe(), j_sparse, j_dense, multimask
     )
     assert got_masks.shape == tuple(ref_masks.shape)
@@ -163,7 +163,7 @@ def test_padded_prompts_match_official_per_prompt(pair):
         jnp.asarray(masks[:, 0]),
         jnp.asarray(mask_valid),
     )
-    got, got_iou = ours.mask_decoder(
+    got, got_iou, _ = ours.mask_decoder(
         jnp.asarray(emb),
         ours.prompt_encoder.get_dense_pe(),
         sparse,

@@ -12,7 +12,7 @@ from stablesam_jax import SamPredictor, build_sam, build_stable_sam
 from stablesam_jax.builder import save_merged, save_plugins
 from stablesam_jax.checkpoint import flat_weights, is_plugin_weight, is_sam_weight
 from stablesam_jax.modeling import ops
-from stablesam_jax.trainable import TRAINABLE_SUBSETS
+from stablesam_jax.training.trainable import TRAINABLE_SUBSETS
 
 # ----------------------------------------------------------------------------- sampler
 
@@ -168,7 +168,7 @@ def test_introspection(image):
 
 def _decoder_loss(model, embeddings, boxes, target):
     sparse, dense = model.prompt_encoder(None, boxes, None)
-    logits, _ = model.mask_decoder(
+    logits, _, _ = model.mask_decoder(
         embeddings, model.prompt_encoder.get_dense_pe(), sparse, dense, False
     )
     return optax.sigmoid_binary_cross_entropy(logits[:, 0], target).mean()

@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage
 
 from stablesam_jax.constants import PAD_LABEL, POSITIVE_LABEL
-from stablesam_jax.prompts import (
+from stablesam_jax.data.prompts import (
     COARSE_MASK_LOGIT,
     PROMPT_TYPES,
     RTS_KINDS,

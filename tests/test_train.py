@@ -9,10 +9,10 @@ from PIL import Image
 from train_helpers import read_metrics, tiny_config
 
 from stablesam_jax import checkpoint as ckpt
-from stablesam_jax import train_lib
 from stablesam_jax.builder import build_sam, build_stable_sam
 from stablesam_jax.data.folders import DataError
 from stablesam_jax.data.scenes import write_scene_folder
+from stablesam_jax.training import loop as train_lib
 
 
 def test_tiny_trains_end_to_end_and_its_loss_goes_down(tmp_path):

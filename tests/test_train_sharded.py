@@ -13,7 +13,7 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, "tests")
 from train_helpers import tiny_config
-from stablesam_jax import train_lib
+from stablesam_jax.training import loop as train_lib
 from stablesam_jax.builder import build_stable_sam
 
 assert jax.device_count() == 8, jax.devices()

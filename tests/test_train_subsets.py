@@ -8,9 +8,9 @@ from flax import nnx
 from train_helpers import tiny_config
 
 from stablesam_jax import checkpoint as ckpt
-from stablesam_jax import train_lib
 from stablesam_jax.builder import build_stable_sam
 from stablesam_jax.modeling.common import PluginParam
+from stablesam_jax.training import loop as train_lib
 
 
 def _expected_trainable(subset: str, name: str, is_plugin: bool) -> bool:

@@ -38,7 +38,7 @@ def main(argv) -> None:
     del argv
     import jax
 
-    from stablesam_jax import train_lib
+    from stablesam_jax.training import loop as train_lib
 
     config = _CONFIG.value
     train_lib.initialize_distributed(config, auto_detect=True)

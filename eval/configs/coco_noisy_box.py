@@ -21,7 +21,7 @@ DT-SAM: 12.2 / 22.7 and 15.8 / 28.7; PT-SAM: 30.2 / 63.4 and 41.3 / 76.5 (enable
 hq_paper.py). Not run here: no weights or data can be downloaded on these machines.
 """
 
-from stablesam_jax import eval_lib
+from stablesam_jax.evaluation import job as eval_lib
 
 
 def get_config():

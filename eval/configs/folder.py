@@ -16,7 +16,7 @@ natural images a trained Stable-SAM is above SAM for Noisy Box and 1 Point, and 
 for GT Box. The numbers themselves depend on the data.
 """
 
-from stablesam_jax import eval_lib
+from stablesam_jax.evaluation import job as eval_lib
 
 
 def get_config():

@@ -33,7 +33,7 @@ results.md to output_dir. Not run here: no weights or data can be downloaded on 
 project is built on.
 """
 
-from stablesam_jax import eval_lib
+from stablesam_jax.evaluation import job as eval_lib
 
 HQ_DATASETS = ("DIS5K-VD", "ThinObject5K-TE", "COIFT", "HR-SOD")
 

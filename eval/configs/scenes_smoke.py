@@ -19,7 +19,7 @@ sampling offsets are 0, so the mix equals SAM's features). Other platforms may m
 the last digit.
 """
 
-from stablesam_jax import eval_lib
+from stablesam_jax.evaluation import job as eval_lib
 
 
 def get_config():

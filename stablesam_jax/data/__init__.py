@@ -5,7 +5,7 @@ folders or generates scenes should not pay for. The TFDS builder (optional depen
 `stablesam_jax.data.tfds_builder`.
 """
 
-from stablesam_jax.data.folders import (
+from .folders import (
     DATASETS,
     HQ_EVAL,
     HQSEG44K_TRAIN,
@@ -17,7 +17,7 @@ from stablesam_jax.data.folders import (
     load_mask,
     load_pair,
 )
-from stablesam_jax.data.scenes import (
+from .scenes import (
     SceneDataset,
     generate_scene,
     largest_instance,
@@ -38,7 +38,7 @@ _PIPELINE_NAMES = (
 
 def __getattr__(name):
     if name in _PIPELINE_NAMES:
-        from stablesam_jax.data import pipeline
+        from . import pipeline
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'stablesam_jax.data' has no attribute {name!r}")

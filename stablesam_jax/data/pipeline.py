@@ -34,7 +34,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from stablesam_jax.data.folders import (
+from .folders import (
     HQSEG44K_TRAIN,
     DataError,
     find_pairs,
@@ -249,7 +249,7 @@ class TrainTransform:
                 index = _other_index(rng, len(self.source), index)
 
     def _occlude(self, image, mask, input_hw, source_index, rng):
-        from stablesam_jax.prompts import occlude
+        from .prompts import occlude
 
         other = _other_index(rng, len(self.source), source_index)
         try:
@@ -282,7 +282,7 @@ class TrainTransform:
         return image, mask, mode, 0
 
     def __call__(self, index: int, source_index: int) -> dict:
-        from stablesam_jax.prompts import sample_rts_prompt
+        from .prompts import sample_rts_prompt
 
         config = self.config
         source_index = int(source_index)
@@ -374,7 +374,7 @@ def make_train_dataset(
     if lsj_range is not None and not 0 < lsj_range[0] <= lsj_range[1]:
         raise ValueError(f"lsj_range must be (low, high) with 0 < low <= high, got {lsj_range}")
     if mixture is None:
-        from stablesam_jax.prompts import RTS_KINDS
+        from .prompts import RTS_KINDS
 
         mixture = {kind: 1.0 for kind in RTS_KINDS}
     config = TrainConfig(

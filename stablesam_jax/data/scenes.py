@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from stablesam_jax.data.folders import DATASETS
+from .folders import DATASETS
 
 SHAPE_KINDS = (
     "ellipse",

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from stablesam_jax.data.folders import HQ_EVAL, HQSEG44K_TRAIN, DataError, find_pairs, load_pair
+from .folders import HQ_EVAL, HQSEG44K_TRAIN, DataError, find_pairs, load_pair
 
 logger = logging.getLogger(__name__)
 

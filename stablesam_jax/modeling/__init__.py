@@ -3,7 +3,14 @@ from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .plugins import DeformableSamplingPlugin, DynamicRoutingPlugin, PluginConfig
 from .prompt_encoder import PromptEncoder
-from .sam import SAM_VARIANTS, Sam, SamConfig, count_params
+from .sam import (
+    SAM_VARIANTS,
+    Sam,
+    SamConfig,
+    count_params,
+    decode_padded_prompts,
+    decode_prompts,
+)
 from .transformer import TwoWayTransformer
 
 __all__ = [
@@ -19,5 +26,7 @@ __all__ = [
     "Sam",
     "SamConfig",
     "count_params",
+    "decode_padded_prompts",
+    "decode_prompts",
     "TwoWayTransformer",
 ]

@@ -114,15 +114,17 @@ class MaskDecoder(nnx.Module):
         image_pe: jax.Array,
         sparse_prompt_embeddings: jax.Array,
         dense_prompt_embeddings: jax.Array,
-        multimask_output: bool,
+        multimask_output: bool | None,
         token_valid: jax.Array | None = None,
         return_intermediates: bool = False,
-    ):
+    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         """image_embeddings [1 or B, H, W, C] (broadcast over prompts), image_pe [1, H, W, C],
         sparse [B, N, C], dense [B, H, W, C], token_valid [B, N] (None = all valid).
 
-        Returns masks [B, M, 4H, 4W] logits and iou_pred [B, M] (M = 3 or 1), plus a dict of
-        named intermediates when asked."""
+        Returns masks [B, M, 4H, 4W] logits, iou_pred [B, M] and a dict of named intermediates
+        (the plugins' always; token-to-image attention only when asked). M is 3 for
+        `multimask_output=True`, 1 for False and all 4 mask tokens for None (export, training).
+        """
         masks, iou_pred, intermediates = self.predict_masks(
             image_embeddings,
             image_pe,
@@ -131,11 +133,10 @@ class MaskDecoder(nnx.Module):
             token_valid,
             return_intermediates,
         )
-        sl = slice(1, None) if multimask_output else slice(0, 1)
-        masks, iou_pred = masks[:, sl], iou_pred[:, sl]
-        if return_intermediates:
-            return masks, iou_pred, intermediates
-        return masks, iou_pred
+        if multimask_output is not None:
+            sl = slice(1, None) if multimask_output else slice(0, 1)
+            masks, iou_pred = masks[:, sl], iou_pred[:, sl]
+        return masks, iou_pred, intermediates
 
     def predict_masks(
         self,

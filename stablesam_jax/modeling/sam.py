@@ -51,6 +51,72 @@ SAM_VARIANTS: dict[str, SamConfig] = {
 }
 
 
+def decode_prompts(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    image_embeddings: jax.Array,
+    point_coords: jax.Array | None = None,
+    point_labels: jax.Array | None = None,
+    boxes: jax.Array | None = None,
+    mask_input: jax.Array | None = None,
+    *,
+    multimask_output: bool | None,
+    return_intermediates: bool = False,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """The official prompt -> mask path: prompt encoder, then mask decoder.
+
+    image_embeddings [1 or B, H, W, C]; point_coords [B, N, 2] and point_labels [B, N], boxes
+    [B, 4], mask_input [B, 256, 256] logits, all in the model's input frame; each optional.
+    Returns (low_res_logits [B, M, 256, 256], iou [B, M], intermediates), M as in
+    `MaskDecoder.__call__`.
+    """
+    points = None if point_coords is None else (point_coords, point_labels)
+    sparse, dense = prompt_encoder(points, boxes, mask_input)
+    return mask_decoder(
+        image_embeddings,
+        prompt_encoder.get_dense_pe(),
+        sparse,
+        dense,
+        multimask_output,
+        return_intermediates=return_intermediates,
+    )
+
+
+def decode_padded_prompts(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    image_embeddings: jax.Array,
+    point_coords: jax.Array,
+    point_labels: jax.Array,
+    boxes: jax.Array,
+    box_valid: jax.Array,
+    mask_input: jax.Array | None = None,
+    mask_valid: jax.Array | None = None,
+    *,
+    multimask_output: bool | None,
+    return_intermediates: bool = False,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Fixed-shape prompt batches, so one compilation serves any mix of prompt types.
+
+    point_coords [B, N, 2], point_labels [B, N] (`PAD_LABEL` marks an empty slot), boxes
+    [B, 4] with box_valid [B], mask_input [B, 256, 256] with mask_valid [B]. Padded tokens
+    are masked out of attention, so each row equals the official unpadded call on its own
+    prompts. Returns what `decode_prompts` returns.
+    """
+    sparse, token_valid, dense = prompt_encoder.encode_padded(
+        point_coords, point_labels, boxes, box_valid, mask_input, mask_valid
+    )
+    return mask_decoder(
+        image_embeddings,
+        prompt_encoder.get_dense_pe(),
+        sparse,
+        dense,
+        multimask_output,
+        token_valid=token_valid,
+        return_intermediates=return_intermediates,
+    )
+
+
 class Sam(nnx.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
@@ -125,6 +191,58 @@ class Sam(nnx.Module):
         masks = masks[..., : input_size[0], : input_size[1]]
         return ops.resize_bilinear(masks, tuple(original_size))
 
+    def decode(
+        self,
+        image_embeddings: jax.Array,
+        point_coords: jax.Array | None = None,
+        point_labels: jax.Array | None = None,
+        boxes: jax.Array | None = None,
+        mask_input: jax.Array | None = None,
+        *,
+        multimask_output: bool | None,
+        return_intermediates: bool = False,
+    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        """`decode_prompts` with this model's prompt encoder and mask decoder."""
+        return decode_prompts(
+            self.prompt_encoder,
+            self.mask_decoder,
+            image_embeddings,
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            multimask_output=multimask_output,
+            return_intermediates=return_intermediates,
+        )
+
+    def decode_padded(
+        self,
+        image_embeddings: jax.Array,
+        point_coords: jax.Array,
+        point_labels: jax.Array,
+        boxes: jax.Array,
+        box_valid: jax.Array,
+        mask_input: jax.Array | None = None,
+        mask_valid: jax.Array | None = None,
+        *,
+        multimask_output: bool | None,
+        return_intermediates: bool = False,
+    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        """`decode_padded_prompts` with this model's prompt encoder and mask decoder."""
+        return decode_padded_prompts(
+            self.prompt_encoder,
+            self.mask_decoder,
+            image_embeddings,
+            point_coords,
+            point_labels,
+            boxes,
+            box_valid,
+            mask_input,
+            mask_valid,
+            multimask_output=multimask_output,
+            return_intermediates=return_intermediates,
+        )
+
     def __call__(self, batched_input: list[dict[str, Any]], multimask_output: bool):
         """The official batched forward: a list of records with "image" [h, w, 3] (already
         resized to long side img_size), "original_size" and optional "point_coords",
@@ -133,18 +251,13 @@ class Sam(nnx.Module):
         embeddings = self.image_encoder(images)
         outputs = []
         for record, embedding in zip(batched_input, embeddings):
-            points = None
-            if "point_coords" in record:
-                points = (record["point_coords"], record["point_labels"])
-            sparse, dense = self.prompt_encoder(
-                points, record.get("boxes"), record.get("mask_inputs")
-            )
-            low_res, iou = self.mask_decoder(
+            low_res, iou, _ = self.decode(
                 embedding[None],
-                self.prompt_encoder.get_dense_pe(),
-                sparse,
-                dense,
-                multimask_output,
+                record.get("point_coords"),
+                record.get("point_labels"),
+                record.get("boxes"),
+                record.get("mask_inputs"),
+                multimask_output=multimask_output,
             )
             masks = self.postprocess_masks(
                 low_res, record["image"].shape[:2], record["original_size"]

@@ -24,7 +24,7 @@ trains its plugins on seed 2, evaluates on seed 3 and chose its settings on seed
 share a scene), one random instance per scene, flip and a mild scale jitter.
 """
 
-from stablesam_jax.train_lib import default_config
+from stablesam_jax.training.loop import default_config
 
 
 def get_config(arg: str | None = None):

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .constants import PAD_LABEL, POSITIVE_LABEL
+from ..constants import PAD_LABEL, POSITIVE_LABEL
 
 PROMPT_TYPES = (
     "gt_box",

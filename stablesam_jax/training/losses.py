@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .modeling import ops
+from ..modeling import ops
 
 SAMPLING_MODES = ("points", "dense")
 

@@ -1,6 +1,6 @@
 """A persistent XLA compilation cache, so a second process starts without recompiling.
 
-    from stablesam_jax.compilation_cache import enable_compilation_cache
+    from .compilation_cache import enable_compilation_cache
     enable_compilation_cache()            # before the first jitted call of the process
 
 The directory is `cache_dir`, else $STABLESAM_JAX_CACHE_DIR, else ~/.cache/stablesam_jax/xla.
@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from .serving import enable_persistent_cache
+from ..serving.runtime import enable_persistent_cache
 
 ENV_VAR = "STABLESAM_JAX_CACHE_DIR"
 
@@ -52,7 +52,7 @@ def _child(args) -> dict:
     enable_compilation_cache(args.cache_dir)
     import jax
 
-    from .builder import build_sam
+    from ..builder import build_sam
 
     model = build_sam(args.model_type)
     size = model.img_size
@@ -61,14 +61,14 @@ def _child(args) -> dict:
     t_ready = time.perf_counter()
 
     if args.workload == "amg":
-        from .automatic_mask_generator import SamAutomaticMaskGenerator
+        from ..automatic_mask_generator import SamAutomaticMaskGenerator
 
         gen = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side)
 
         def call(image):
             return len(gen.generate(image))
     else:
-        from .predictor import SamPredictor
+        from ..predictor import SamPredictor
 
         predictor = SamPredictor(model)
 

@@ -9,17 +9,17 @@ import time
 
 import numpy as np
 
-from .modeling.sam import SAM_VARIANTS
+from ..modeling.sam import SAM_VARIANTS
 
 
 def verify(model_type: str, state_dict, output: str, seed: int = 0) -> dict:
     """Official torch SAM vs the converted checkpoint on one generated non-square image."""
     import torch
 
-    from .builder import build_sam
-    from .official import build_official_sam
-    from .predictor import SamPredictor
-    from .transforms import ResizeLongestSide
+    from ..builder import build_sam
+    from ..predictor import SamPredictor
+    from ..tools.official import build_official_sam
+    from ..utils.transforms import ResizeLongestSide
 
     config = SAM_VARIANTS[model_type]
     torch_sam = build_official_sam(config)
@@ -30,14 +30,18 @@ def verify(model_type: str, state_dict, output: str, seed: int = 0) -> dict:
     image = (rng.random((h, w, 3)) * 255).astype(np.uint8)
     resized = ResizeLongestSide(config.img_size).apply_image(image)
     box = np.array([w * 0.2, h * 0.25, w * 0.7, h * 0.8], np.float32)
+    t_box = torch.as_tensor(ResizeLongestSide(config.img_size).apply_boxes(box, (h, w)))
+    record = {
+        "image": torch.as_tensor(resized).permute(2, 0, 1).float(),
+        "original_size": (h, w),
+        "boxes": t_box.float()[None],
+    }
+    embeddings = []  # the official forward's image embedding, caught on its way to the decoder
+    hook = torch_sam.image_encoder.register_forward_hook(lambda m, i, o: embeddings.append(o))
     with torch.no_grad():
-        x = torch.as_tensor(resized).permute(2, 0, 1)[None].float()
-        t_emb = torch_sam.image_encoder(torch_sam.preprocess(x))
-        t_box = torch.as_tensor(ResizeLongestSide(config.img_size).apply_boxes(box, (h, w)))
-        sparse, dense = torch_sam.prompt_encoder(None, t_box.float(), None)
-        t_logits, t_iou = torch_sam.mask_decoder(
-            t_emb, torch_sam.prompt_encoder.get_dense_pe(), sparse, dense, True
-        )
+        (official,) = torch_sam([record], multimask_output=True)
+    hook.remove()
+    t_emb, t_logits, t_iou = embeddings[0], official["low_res_logits"], official["iou_predictions"]
     predictor = SamPredictor(jax_sam)
     predictor.set_image(image)
     _, j_iou, j_logits = predictor.predict(box=box, multimask_output=True)
@@ -66,9 +70,9 @@ def main(argv=None) -> int:
 
     from flax import nnx
 
-    from .builder import build_sam
-    from .checkpoint import CheckpointError, save
-    from .convert import convert_state_dict, load_torch_state_dict
+    from ..builder import build_sam
+    from ..checkpoint import CheckpointError, save
+    from ..convert import convert_state_dict, load_torch_state_dict
 
     if os.path.exists(args.output) and not args.force:
         print(f"error: {args.output} exists; pass --force to overwrite it", file=sys.stderr)
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
         "every shape equal"
     )
     if args.verify:
-        from .official import OfficialSamUnavailable
+        from ..tools.official import OfficialSamUnavailable
 
         try:
             diffs = verify(args.model_type, state_dict, out)

@@ -44,9 +44,9 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..modeling.common import PluginParam
+from ..modeling.sam import SAM_VARIANTS, Sam, count_params
 from . import losses
-from .modeling.common import PluginParam
-from .modeling.sam import SAM_VARIANTS, Sam, count_params
 from .trainable import TRAINABLE_SUBSETS
 
 logger = logging.getLogger("stablesam_jax.train")
@@ -101,8 +101,8 @@ def default_config() -> ml_collections.ConfigDict:
     """Every field training reads, with the paper's recipe where the paper gives one.
 
     The config files in train/configs start from this and change what they need."""
-    from .data.folders import HQSEG44K_TRAIN
-    from .prompts import RTS_KINDS
+    from ..data.folders import HQSEG44K_TRAIN
+    from ..data.prompts import RTS_KINDS
 
     placeholder = ml_collections.config_dict.placeholder
     c = ml_collections.ConfigDict()
@@ -284,7 +284,7 @@ def paper_config() -> ml_collections.ConfigDict:
 def build_model(config: ml_collections.ConfigDict) -> Sam:
     """SAM or Stable-SAM as the config says, from `sam_checkpoint` or random (`model_seed`), then
     `init_checkpoint` loaded over it."""
-    from . import builder
+    from .. import builder
 
     common = dict(
         dtype=DTYPES[config.dtype], attention_impl=config.attention_impl, seed=config.model_seed
@@ -305,7 +305,7 @@ def build_model(config: ml_collections.ConfigDict) -> Sam:
 
 def load_into(model: Sam, directory: str) -> None:
     """Loads a "sam", "plugins" or "stable_sam" checkpoint's weights into `model`."""
-    from . import checkpoint as ckpt
+    from .. import checkpoint as ckpt
 
     flat, meta = ckpt.load(directory)
     if meta.get("model_type") not in (None, model.model_type):
@@ -332,7 +332,7 @@ def load_into(model: Sam, directory: str) -> None:
 
 def make_source(config: ml_collections.ConfigDict):
     """The record source (`pipeline.RecordSource`) the config names."""
-    from .data import folders, pipeline, scenes
+    from ..data import folders, pipeline, scenes
 
     data = config.data
     if data.source == "scenes":
@@ -358,7 +358,7 @@ def make_source(config: ml_collections.ConfigDict):
 
 def make_dataset(config: ml_collections.ConfigDict, source):
     """This process's slice of the training stream (a Grain IterDataset of host-local batches)."""
-    from .data import pipeline
+    from ..data import pipeline
 
     data = config.data
     return pipeline.make_train_dataset(
@@ -537,21 +537,15 @@ class Trainer:
             model = nnx.merge(graphdef, state_of(params), frozen)
             if embeddings is None:
                 embeddings = embed(model, batch["image"])
-            sparse, token_valid, dense = model.prompt_encoder.encode_padded(
+            low_res, iou_pred, _ = model.decode_padded(
+                embeddings,
                 batch["point_coords"],
                 batch["point_labels"],
                 batch["box"],
                 batch["box_valid"],
                 batch["mask_input"],
                 batch["mask_valid"],
-            )
-            low_res, iou_pred = model.mask_decoder(
-                embeddings,
-                model.prompt_encoder.get_dense_pe(),
-                sparse,
-                dense,
                 multimask_output=False,
-                token_valid=token_valid,
             )
             logits = low_res[:, 0]
             target = losses.downsample_mask(batch["mask"], logits.shape[-1])
@@ -694,7 +688,7 @@ def export(trainer: Trainer, directory: str) -> str:
     """Writes the trained weights where `build_stable_sam(plugins=...)` / `build_sam(checkpoint=...)`
     read them, replacing an earlier export: written next to it, then swapped in by renames, so a
     crash never leaves a half-written export under the final name."""
-    from . import builder
+    from .. import builder
 
     directory = os.path.abspath(directory)
     staging = directory + ".new"
@@ -821,7 +815,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     import grain
     import orbax.checkpoint as ocp
 
-    from .tensorboard_writer import make_metric_writer
+    from .metric_writer import make_metric_writer
 
     config = ml_collections.ConfigDict(config.to_dict())  # a private, unlocked copy
     initialize_distributed(config)

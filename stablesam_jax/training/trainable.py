@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from .modeling.common import PluginParam
+from ..modeling.common import PluginParam
 
 
 def _is_sam_param(value) -> bool:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .modeling.ops import torch_linear_resize_matrix
+from ..modeling.ops import torch_linear_resize_matrix
 
 # ----------------------------------------------------------------------------- host: grids, crops
 

@@ -54,16 +54,16 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..constants import PAD_LABEL, PIXEL_MEAN, PIXEL_STD
+from ..data import folders
+from ..data.pipeline import EvalSource, PairSource
+from ..data.prompts import NUM_POINTS, PROMPT_TYPES, eval_prompts, image_seed
+from ..data.scenes import SceneDataset
+from ..modeling import ops
+from ..modeling.sam import SAM_VARIANTS, Sam
+from ..utils.transforms import ResizeLongestSide
 from . import coco as coco_lib
 from . import metrics
-from .constants import PAD_LABEL, PIXEL_MEAN, PIXEL_STD
-from .data import folders
-from .data.pipeline import EvalSource, PairSource
-from .data.scenes import SceneDataset
-from .modeling import ops
-from .modeling.sam import SAM_VARIANTS, Sam
-from .prompts import NUM_POINTS, PROMPT_TYPES, eval_prompts, image_seed
-from .transforms import ResizeLongestSide
 
 RESULTS_SCHEMA_VERSION = 1
 DATA_AXIS = "data"
@@ -149,8 +149,8 @@ class ModelSpec:
             )
 
     def build(self) -> Sam:
-        from . import builder
-        from . import checkpoint as ckpt
+        from .. import builder
+        from .. import checkpoint as ckpt
 
         self.validate()
         dtype = jnp.bfloat16 if self.dtype == "bfloat16" else None
@@ -255,7 +255,7 @@ class DatasetSpec:
                     f"{where}: kind 'tfds' needs tfds_dir, the prepared dataset's version folder "
                     "(e.g. <data_dir>/hq_seg/1.0.0, written by data.tfds_builder.build_tfds)"
                 )
-            from .data.tfds_builder import TfdsRecordSource
+            from ..data.tfds_builder import TfdsRecordSource
 
             return EvalSource(TfdsRecordSource(self.tfds_dir, self.split or self.name))
         raise ValueError(
@@ -448,23 +448,11 @@ def _decode(graphdef, state, features, index, coords, labels, boxes, box_valid, 
     """Single-mask decode of a prompt batch on image `index` of an encoded batch."""
     model = nnx.merge(graphdef, state)
     embedding = jax.lax.dynamic_index_in_dim(features, index, axis=0, keepdims=True)
-    sparse, token_valid, dense = model.prompt_encoder.encode_padded(
-        coords, labels, boxes, box_valid
+    low_res, iou, intermediates = model.decode_padded(
+        embedding, coords, labels, boxes, box_valid, multimask_output=False
     )
-    out = model.mask_decoder(
-        embedding,
-        model.prompt_encoder.get_dense_pe(),
-        sparse,
-        dense,
-        False,
-        token_valid=token_valid,
-        return_intermediates=alpha_key is not None,
-    )
-    if alpha_key is None:
-        low_res, iou = out
-        return low_res[:, 0], iou[:, 0], None
-    low_res, iou, intermediates = out
-    return low_res[:, 0], iou[:, 0], intermediates[alpha_key][:, 0]
+    alpha = None if alpha_key is None else intermediates[alpha_key][:, 0]
+    return low_res[:, 0], iou[:, 0], alpha
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))

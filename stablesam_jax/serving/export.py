@@ -36,10 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from . import __version__
-from .constants import PIXEL_MEAN, PIXEL_STD
-from .modeling.sam import Sam
-from .serving import (
+from .. import __version__
+from ..constants import PIXEL_MEAN, PIXEL_STD
+from ..modeling.sam import Sam, decode_padded_prompts
+from .runtime import (
     DECODER_FILE,
     DECODER_WEIGHTS_FILE,
     ENCODER_FILE,
@@ -105,12 +105,17 @@ def decoder_function(model: Sam):
         w, image_embeddings, point_coords, point_labels, boxes, box_valid, mask_input, mask_valid
     ):
         modules = _rebuild(graphdef, names, treedef, w)
-        prompt_encoder, mask_decoder = modules["prompt_encoder"], modules["mask_decoder"]
-        sparse, token_valid, dense = prompt_encoder.encode_padded(
-            point_coords, point_labels, boxes, box_valid, mask_input, mask_valid
-        )
-        low_res, iou, _ = mask_decoder.predict_masks(
-            image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense, token_valid
+        low_res, iou, _ = decode_padded_prompts(
+            modules["prompt_encoder"],
+            modules["mask_decoder"],
+            image_embeddings,
+            point_coords,
+            point_labels,
+            boxes,
+            box_valid,
+            mask_input,
+            mask_valid,
+            multimask_output=None,
         )
         return low_res, iou
 
@@ -206,7 +211,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 def build_for_export(
     model_type: str, checkpoint: str | None, plugins: str | None, dtype=None
 ) -> Sam:
-    from .builder import build_sam, build_stable_sam
+    from ..builder import build_sam, build_stable_sam
 
     if plugins is not None or (checkpoint is not None and _is_merged(checkpoint)):
         return build_stable_sam(model_type, checkpoint, plugins, dtype=dtype)
@@ -214,7 +219,7 @@ def build_for_export(
 
 
 def _is_merged(checkpoint: str) -> bool:
-    from .checkpoint import read_meta
+    from ..checkpoint import read_meta
 
     return read_meta(checkpoint).get("kind") == "stable_sam"
 

@@ -171,7 +171,7 @@ def _dtype(name: str):
 
 
 def _build(args, *, plugins: bool, model_type: str):
-    from . import builder
+    from .. import builder
 
     kwargs = dict(
         dtype=_dtype(args.dtype),
@@ -265,6 +265,8 @@ def bench_decoder(ctx: Context, model, plugins: bool) -> list[dict]:
     import jax.numpy as jnp
     from flax import nnx
 
+    from ..modeling.sam import decode_prompts
+
     args = ctx.args
     # Only the decoding modules' weights cross the call boundary: each jitted call flattens its
     # arguments, and the encoder's hundreds of arrays would add host time to every call.
@@ -282,8 +284,9 @@ def bench_decoder(ctx: Context, model, plugins: bool) -> list[dict]:
     def decode(state, features, boxes):
         prompt_encoder = nnx.merge(prompt_graphdef, state[0])
         mask_decoder = nnx.merge(decoder_graphdef, state[1])
-        sparse, dense = prompt_encoder(None, boxes, None)
-        return mask_decoder(features[None], prompt_encoder.get_dense_pe(), sparse, dense, True)
+        return decode_prompts(
+            prompt_encoder, mask_decoder, features[None], boxes=boxes, multimask_output=True
+        )
 
     records = []
     for n in args.prompts:
@@ -440,13 +443,13 @@ def bench_set_image(ctx: Context, model_type: str) -> dict:
     import jax
     import torch
 
-    from .modeling import SAM_VARIANTS
+    from ..modeling import SAM_VARIANTS
+    from ..predictor import SamPredictor
     from .official import (
         build_official_sam,
         import_official_modeling,
         install_torchvision_stand_in,
     )
-    from .predictor import SamPredictor
 
     args = ctx.args
     install_torchvision_stand_in()
@@ -544,8 +547,8 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv):
-    from .modeling import SAM_VARIANTS
-    from .modeling.image_encoder import ATTENTION_IMPLS
+    from ..modeling import SAM_VARIANTS
+    from ..modeling.image_encoder import ATTENTION_IMPLS
 
     p = argparse.ArgumentParser(
         prog="python -m stablesam_jax.bench",

@@ -19,7 +19,7 @@ import numpy as np
 
 def export(checkpoint: str, out: str, dtype: str = "float16") -> dict:
     from .. import checkpoint as ckpt
-    from . import write_npz
+    from ..pretrained import write_npz
 
     flat, meta = ckpt.load(checkpoint)
     if meta.get("kind") != "sam":

@@ -88,14 +88,14 @@ def _say(message: str) -> None:
 
 
 def _plugin_config(settings: DemoSettings):
-    from .modeling.plugins import PluginConfig
+    from ..modeling.plugins import PluginConfig
 
     return PluginConfig(offset_scale=settings.offset_scale)
 
 
 def train_config(settings: DemoSettings, sam_checkpoint: str):
     """The trainer config of the demo's Stable-SAM run (RTS, plugins only, one epoch)."""
-    from . import train_lib
+    from ..training import loop as train_lib
 
     config = train_lib.default_config()
     config.model_type = "vit_demo"
@@ -136,16 +136,13 @@ def _decode_with_intermediates(graphdef, state, features, coords, labels, boxes,
     from flax import nnx
 
     model = nnx.merge(graphdef, state)
-    sparse, token_valid, dense = model.prompt_encoder.encode_padded(
-        coords, labels, boxes, box_valid
-    )
-    low_res, _, intermediates = model.mask_decoder(
+    low_res, _, intermediates = model.decode_padded(
         features,
-        model.prompt_encoder.get_dense_pe(),
-        sparse,
-        dense,
-        False,
-        token_valid=token_valid,
+        coords,
+        labels,
+        boxes,
+        box_valid,
+        multimask_output=False,
         return_intermediates=True,
     )
     return low_res[:, 0], intermediates
@@ -157,7 +154,7 @@ class _FigureModel:
     def __init__(self, model, max_points: int):
         from flax import nnx
 
-        from .transforms import ResizeLongestSide
+        from ..utils.transforms import ResizeLongestSide
 
         self.model = model
         self.max_points = max_points
@@ -170,7 +167,7 @@ class _FigureModel:
         origins [g*g, 2] the cells' own positions (equal to positions without DSP)."""
         import jax.numpy as jnp
 
-        from .eval_lib import PromptBatch
+        from ..evaluation.job import PromptBatch
 
         batch = PromptBatch.from_prompts(prompts, self.max_points)
         coords = self.transform.apply_coords(batch.point_coords, original_size).astype(np.float32)
@@ -221,11 +218,11 @@ def make_figures(
 ) -> dict[str, str]:
     """Writes the three PNGs; returns {kind: path}. Examples are the first evaluation images
     and their first evaluation prompts (the same ones the table scores), not picked by result."""
+    from ..data.pipeline import make_eval_source
+    from ..data.prompts import eval_prompts, image_seed
+    from ..data.scenes import SceneDataset
+    from ..evaluation.job import SamEvalPredictor, _max_points
     from . import figures
-    from .data.pipeline import make_eval_source
-    from .data.scenes import SceneDataset
-    from .eval_lib import SamEvalPredictor, _max_points
-    from .prompts import eval_prompts, image_seed
 
     source = make_eval_source(SceneDataset(settings.eval_scenes, seed=settings.eval_seed, size=256))
     max_points = _max_points(settings.prompt_types)
@@ -285,7 +282,7 @@ def make_figures(
     if sampling:
         figures.sampling_points(sampling, scale=2.0).save(out_dir / FIGURE_FILES["sampling"])
         paths["sampling"] = str(out_dir / FIGURE_FILES["sampling"])
-    from .eval_lib import PROMPT_TYPE_TITLES
+    from ..evaluation.job import PROMPT_TYPE_TITLES
 
     bars = {PROMPT_TYPE_TITLES.get(t, t): drp_a1[t] for t in settings.prompt_types if t in drp_a1}
     if bars:
@@ -326,8 +323,10 @@ def run(
     """Runs the whole demo; returns demo_info (also written to DIR/demo_info.json)."""
     import jax
 
-    from . import eval_lib, pretrained, train_lib
-    from .eval_lib import DatasetSpec
+    from .. import pretrained
+    from ..evaluation import job as eval_lib
+    from ..evaluation.job import DatasetSpec
+    from ..training import loop as train_lib
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -346,13 +345,13 @@ def run(
     tick = time.perf_counter()
     weights = sam_weights or str(pretrained.DEMO_SAM_FILE)
     if os.path.isdir(weights):
-        from .builder import build_sam
+        from ..builder import build_sam
 
         sam = build_sam(pretrained.DEMO_MODEL_TYPE, weights)
         sam_checkpoint = weights
         sam_meta = {"source": weights}
     else:
-        from .builder import save_sam
+        from ..builder import save_sam
 
         sam = pretrained.build_demo_sam(weights)
         # The trainer reads SAM from a checkpoint directory.

@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .prompts import mask_to_box, noisy_box
+from ..data.prompts import mask_to_box, noisy_box
 
 PredictFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
