@@ -17,9 +17,8 @@ from flax import nnx
 from .constants import PIXEL_MEAN, PIXEL_STD
 from .modeling import ops
 from .modeling.sam import Sam
+from .utils.batching import DEFAULT_PROMPT_BUCKETS, bucket, pad_rows
 from .utils.transforms import ResizeLongestSide
-
-DEFAULT_PROMPT_BUCKETS = (1, 4, 16, 64, 256)
 
 
 @dataclasses.dataclass
@@ -29,20 +28,6 @@ class ImageEmbedding:
     features: jax.Array
     original_size: tuple[int, int]
     input_size: tuple[int, int]
-
-
-def _bucket(n: int, buckets: tuple[int, ...]) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return -(-n // buckets[-1]) * buckets[-1]
-
-
-def _pad_rows(x, rows: int):
-    """Pads axis 0 to `rows` by repeating the last row (valid values, results sliced off)."""
-    if x is None or x.shape[0] == rows:
-        return x
-    return np.concatenate([x, np.repeat(x[-1:], rows - x.shape[0], axis=0)], axis=0)
 
 
 def validate_image(image: np.ndarray) -> np.ndarray:
@@ -270,9 +255,9 @@ class SamPredictor:
                 )
             masks_in = masks_in.reshape(-1, *masks_in.shape[-2:])
         n = next(x.shape[0] for x in (coords, box_in, masks_in, np.zeros((1,))) if x is not None)
-        rows = _bucket(n, self.prompt_buckets)
+        rows = bucket(n, self.prompt_buckets)
         coords, labels, box_in, masks_in = (
-            _pad_rows(x, rows) for x in (coords, labels, box_in, masks_in)
+            pad_rows(x, rows) for x in (coords, labels, box_in, masks_in)
         )
         low_res, iou, inter = _decode(
             self._graphdef,

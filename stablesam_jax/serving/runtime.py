@@ -1,7 +1,7 @@
 """Runs the artifacts written by `python -m stablesam_jax.export` with only jax, numpy and PIL.
 
-This module must not import flax or the rest of the package: a serving process ships the export
-directory and this one file.
+This module imports no flax and none of the model code: a serving process needs jax, numpy, PIL,
+the export directory and the package's numpy-only helpers (`constants`, `utils`).
 
     sam = ExportedSam("export_dir")
     embedding = sam.encode(image)                    # HxWx3 uint8, any size
@@ -29,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..constants import PAD_LABEL
+from ..utils.batching import DEFAULT_PROMPT_BUCKETS, bucket, pad_rows, round_up
+
 EXPORT_FORMAT = "stablesam-jax-export"
 EXPORT_FORMAT_VERSION = 1
 EMBEDDING_FORMAT = "stablesam-jax-embedding"
@@ -38,8 +41,6 @@ ENCODER_FILE = "encoder.jaxexport"
 DECODER_FILE = "decoder.jaxexport"
 ENCODER_WEIGHTS_FILE = "encoder_weights.npz"
 DECODER_WEIGHTS_FILE = "decoder_weights.npz"
-PAD_LABEL = -2  # stablesam_jax.constants.PAD_LABEL (not imported: this module stands alone)
-DEFAULT_PROMPT_BUCKETS = (1, 4, 16, 64, 256)
 DEFAULT_POINT_BUCKETS = (1, 2, 4, 8, 16, 32)
 DEFAULT_IMAGE_BUCKETS = (1, 2, 4, 8)
 SIZE_MULTIPLE = 64
@@ -195,17 +196,6 @@ def _postprocess_matrices(low_res: int, img_size: int, input_size, original_size
     return out
 
 
-def _bucket(n: int, buckets) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return -(-n // buckets[-1]) * buckets[-1]
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 @jax.jit
 def _postprocess(low_res, ry, rx):
     TRACE_COUNTS["postprocess"] += 1
@@ -313,7 +303,7 @@ class ExportedSam:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         s = self.img_size
-        rows = _bucket(len(batch), self.image_buckets)
+        rows = bucket(len(batch), self.image_buckets)
         x = np.zeros((rows, s, s, 3), np.float32)
         mean = np.asarray(self.manifest["pixel_mean"], np.float32)
         std = np.asarray(self.manifest["pixel_std"], np.float32)
@@ -404,8 +394,8 @@ class ExportedSam:
                 f"prompt counts disagree: {len(coords)} point sets, {len(box_in)} boxes, "
                 f"{len(masks_in)} masks"
             )
-        rows = _bucket(n, self.prompt_buckets)
-        points = _bucket(coords.shape[1], self.point_buckets)
+        rows = bucket(n, self.prompt_buckets)
+        points = bucket(coords.shape[1], self.point_buckets)
         padded_coords = np.zeros((rows, points, 2), np.float32)
         padded_coords[:n, : coords.shape[1]] = coords
         padded_labels = np.full((rows, points), PAD_LABEL, np.int32)
@@ -415,17 +405,17 @@ class ExportedSam:
             features[None],
             padded_coords,
             padded_labels,
-            _pad(box_in.astype(np.float32), rows),
-            _pad(box_valid, rows),
-            _pad(masks_in, rows),
-            _pad(mask_valid, rows),
+            pad_rows(box_in.astype(np.float32), rows, fill=0),
+            pad_rows(box_valid, rows, fill=0),
+            pad_rows(masks_in, rows, fill=0),
+            pad_rows(mask_valid, rows, fill=0),
         )
         sl = slice(1, None) if multimask_output else slice(0, 1)
         low_res, iou = low_res[:, sl], iou[:, sl]
         ry, rx = _postprocess_matrices(low, self.img_size, input_size, original_size)
         h, w = original_size
-        hb, wb = _round_up(h, SIZE_MULTIPLE), _round_up(w, SIZE_MULTIPLE)
-        logits = _postprocess(low_res, _pad(ry, hb), _pad(rx, wb))
+        hb, wb = round_up(h, SIZE_MULTIPLE), round_up(w, SIZE_MULTIPLE)
+        logits = _postprocess(low_res, pad_rows(ry, hb, fill=0), pad_rows(rx, wb, fill=0))
         logits = np.asarray(logits)[:n, :, :h, :w]
         masks = logits if return_logits else logits > self.mask_threshold
         return masks, np.asarray(iou)[:n], np.asarray(low_res)[:n]
@@ -452,12 +442,6 @@ class ExportedSam:
             return_logits,
         )
         return tuple(o[0] for o in out)
-
-
-def _pad(x: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows, *x.shape[1:]), x.dtype)
-    out[: len(x)] = x
-    return out
 
 
 def enable_persistent_cache(cache_dir: str) -> str:
