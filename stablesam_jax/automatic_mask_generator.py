@@ -11,8 +11,8 @@ images in the same size bucket share one compiled program; only the surviving ma
 upsampled again and copied to the host.
 
 Works on any `Sam` (SAM or Stable-SAM): it calls the model's own prompt encoder and decoder.
-`python -m stablesam_jax.automatic_mask_generator --help` compares generators on synthetic
-scenes and times the generator.
+`python -m stablesam_jax.commands.amg --help` compares generators on synthetic scenes and times
+the generator (`stablesam_jax.tools.amg_report`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from flax import nnx
 from .modeling.sam import Sam
 from .predictor import SamPredictor, validate_image
 from .utils import amg
+from .utils.batching import pad_rows, round_up
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # How many times each compiled program has been traced (a trace is a compile): the tests use it
@@ -127,8 +128,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         return np.zeros((0,), np.int64)
     size = max(64, 1 << (n - 1).bit_length())
     keep, order = _nms(
-        amg.pad_rows(np.asarray(boxes, np.float32), size),
-        amg.pad_rows(np.asarray(scores, np.float32), size),
+        pad_rows(np.asarray(boxes, np.float32), size, fill=0),
+        pad_rows(np.asarray(scores, np.float32), size, fill=0),
         np.arange(size) < n,
         np.float32(iou_threshold),
     )
@@ -169,40 +170,11 @@ class SamAutomaticMaskGenerator:
         final_chunk: int = 64,
         multimask_output: bool = True,
     ) -> None:
-        if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids")
-        if crop_n_layers < 0:
-            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
-        if points_per_side is not None:
-            if points_per_side < 1:
-                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
-            if crop_n_points_downscale_factor < 1:
-                raise ValueError("crop_n_points_downscale_factor must be >= 1")
-            self.point_grids = amg.build_all_layer_point_grids(
-                points_per_side, crop_n_layers, crop_n_points_downscale_factor
-            )
-            if any(len(g) == 0 for g in self.point_grids):
-                raise ValueError(
-                    f"points_per_side={points_per_side} downscaled by "
-                    f"{crop_n_points_downscale_factor} per layer leaves no points in layer "
-                    f"{crop_n_layers}: use fewer crop layers or a smaller downscale factor"
-                )
-        else:
-            self.point_grids = [np.asarray(g, np.float64) for g in point_grids]
-            if len(self.point_grids) < crop_n_layers + 1:
-                raise ValueError(
-                    f"point_grids has {len(self.point_grids)} grids; crop_n_layers="
-                    f"{crop_n_layers} needs one per layer ({crop_n_layers + 1})"
-                )
-            for i, g in enumerate(self.point_grids):
-                if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
-                    raise ValueError(f"point_grids[{i}] must be [N, 2] (N >= 1), got {g.shape}")
-                if not np.all((g >= 0) & (g <= 1)):
-                    raise ValueError(f"point_grids[{i}] must be normalized to [0, 1]")
+        self.point_grids = amg.layer_point_grids(
+            points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor
+        )
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if output_mode == "coco_rle":
-            from pycocotools import mask as _  # noqa: F401 - fail now, not after the model ran
         if points_per_batch < 1 or final_chunk < 1 or size_multiple < 1:
             raise ValueError("points_per_batch, final_chunk and size_multiple must be >= 1")
         self.predictor = SamPredictor(model)
@@ -308,15 +280,15 @@ class SamAutomaticMaskGenerator:
 
         chunk = self.points_per_batch
         n_chunks = -(-len(points) // chunk)
-        padded = amg.pad_rows(in_points.astype(np.float32), n_chunks * chunk)
+        padded = pad_rows(in_points.astype(np.float32), n_chunks * chunk, fill=0)
         point_valid = np.arange(n_chunks * chunk) < len(points)
-        hb = amg.round_up(crop_h, self.size_multiple)
-        wb = amg.round_up(crop_w, self.size_multiple)
+        hb = round_up(crop_h, self.size_multiple)
+        wb = round_up(crop_w, self.size_multiple)
         low_res_size = 4 * self.model.config.image_embedding_size
         ry, rx = amg.upscale_matrices(
             low_res_size, self.model.img_size, embedding.input_size, (crop_h, crop_w)
         )
-        ry, rx = amg.pad_rows(ry, hb), amg.pad_rows(rx, wb)
+        ry, rx = pad_rows(ry, hb, fill=0), pad_rows(rx, wb, fill=0)
         crop_hw = np.array([crop_h, crop_w], np.int32)
         out = _grid_candidates(
             self._graphdef,
@@ -340,7 +312,7 @@ class SamAutomaticMaskGenerator:
             index = kept[start : start + self.final_chunk]
             m, a = _final_masks(
                 out["low_res"],
-                amg.pad_rows(index, self.final_chunk),
+                pad_rows(index, self.final_chunk, fill=0),
                 ry,
                 rx,
                 crop_hw,
@@ -393,209 +365,3 @@ def _concat(parts: list[dict]) -> dict:
 
 def _take(data: dict, index: np.ndarray) -> dict:
     return {k: v[index] for k, v in data.items()}
-
-
-# ----------------------------------------------------------------------------- reports
-
-
-def _peak_memory() -> dict:
-    device = jax.devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        return {"device_peak_gb": round(stats["peak_bytes_in_use"] / 2**30, 3)}
-    import resource
-
-    return {"host_max_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
-
-
-def benchmark(model: Sam, image: np.ndarray, repeats: int = 3, **generator_kwargs) -> dict:
-    """Times `generate` on one image: first call (with compilation) and the median of repeats,
-    with the encoder's share measured separately."""
-    import time
-
-    gen = SamAutomaticMaskGenerator(model, **generator_kwargs)
-    t0 = time.perf_counter()
-    records = gen.generate(image)
-    first = time.perf_counter() - t0
-    times, encoder_times = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        records = gen.generate(image)
-        times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        jax.block_until_ready(gen.predictor.encode_images([image])[0].features)
-        encoder_times.append(time.perf_counter() - t0)
-    return {
-        "first_call_s": round(first, 3),
-        "generate_s_median": round(float(np.median(times)), 3),
-        "encoder_s_median": round(float(np.median(encoder_times)), 3),
-        "num_masks": len(records),
-        **_peak_memory(),
-    }
-
-
-def _click_consistency(
-    predictor: SamPredictor, gt: np.ndarray, grid: np.ndarray, multimask_output: bool = True
-) -> dict | None:
-    """Every grid click inside one object, each answered by its best-scored mask (or its single
-    mask without multimask output): how much the answers agree (the paper's mSF: mean IoU of each
-    mask with their union) and how close they are to the object."""
-    from .evaluation import metrics
-
-    h, w = gt.shape
-    pts = grid * np.array([w, h])
-    inside = gt[np.clip(pts[:, 1].astype(int), 0, h - 1), np.clip(pts[:, 0].astype(int), 0, w - 1)]
-    pts = pts[inside]
-    if len(pts) < 2:
-        return None
-    masks, iou, _ = predictor.predict_batch(
-        pts[:, None, :], np.ones((len(pts), 1), np.int32), multimask_output=multimask_output
-    )
-    best = masks[np.arange(len(pts)), iou.argmax(1)]
-    return {
-        "clicks": len(pts),
-        "msf": metrics.stability_score(best),
-        "mean_iou_to_object": float(np.mean(metrics.mask_iou_batch(best, gt))),
-    }
-
-
-def robustness_report(
-    models: dict[str, Sam],
-    num_scenes: int = 4,
-    scene_size: int = 256,
-    seed: int = 0,
-    **generator_kwargs,
-) -> dict:
-    """SAM vs Stable-SAM (or any named models) under the single-click grid prompts of automatic
-    mask generation, on synthetic scenes with known instances: how many masks, their scores, how
-    well they recover the instances, and how consistent the clicks inside one object are."""
-    from .data.scenes import generate_scene
-    from .evaluation import metrics
-
-    scenes = [generate_scene((seed, i), size=scene_size) for i in range(num_scenes)]
-    report = {}
-    for name, model in models.items():
-        gen = SamAutomaticMaskGenerator(model, **generator_kwargs)
-        grid = gen.point_grids[0]
-        counts, ious, stabilities, best_ious, consistency = [], [], [], [], []
-        for scene in scenes:
-            records = gen.generate(scene["image"])
-            counts.append(len(records))
-            ious += [r["predicted_iou"] for r in records]
-            stabilities += [r["stability_score"] for r in records]
-            segs = [r["segmentation"] for r in records]
-            gen.predictor.set_image(scene["image"])
-            for gt in scene["masks"]:
-                best_ious.append(max((metrics.mask_iou(s, gt) for s in segs), default=0.0))
-                c = _click_consistency(gen.predictor, gt, grid, gen.multimask_output)
-                if c is not None:
-                    consistency.append(c)
-        report[name] = {
-            "masks_per_image": float(np.mean(counts)),
-            "mean_predicted_iou": float(np.mean(ious)) if ious else None,
-            "mean_stability_score": float(np.mean(stabilities)) if stabilities else None,
-            "instances": len(best_ious),
-            "instance_recall_at_0.5": float(np.mean(np.array(best_ious) >= 0.5)),
-            "mean_best_instance_iou": float(np.mean(best_ious)),
-            "click_msf": float(np.mean([c["msf"] for c in consistency])) if consistency else None,
-            "click_mean_iou_to_object": float(
-                np.mean([c["mean_iou_to_object"] for c in consistency])
-            )
-            if consistency
-            else None,
-            "objects_with_2plus_clicks": len(consistency),
-        }
-    return report
-
-
-def main(argv=None) -> int:
-    import argparse
-    import json
-    import time
-
-    parser = argparse.ArgumentParser(prog="python -m stablesam_jax.automatic_mask_generator")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("bench", "compare"):
-        p = sub.add_parser(name)
-        p.add_argument("--model-type", default="vit_demo")
-        p.add_argument("--checkpoint", help="converted SAM checkpoint (random weights if absent)")
-        p.add_argument("--points-per-side", type=int, default=32)
-        p.add_argument("--points-per-batch", type=int, default=64)
-        p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-        p.add_argument("--stability-score-thresh", type=float, default=0.95)
-        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-        p.add_argument("--compilation-cache", help="persistent compilation cache directory")
-        p.add_argument(
-            "--single-mask",
-            action="store_true",
-            help="one mask per point (multimask_output=False), e.g. for the demo SAM, whose "
-            "pretraining fits only the single-mask output",
-        )
-    bench = sub.choices["bench"]
-    bench.add_argument("--image-size", type=int, default=None, help="long side (default img_size)")
-    bench.add_argument("--repeats", type=int, default=3)
-    compare = sub.choices["compare"]
-    compare.add_argument("--plugins", help="Stable-SAM plugin checkpoint (fresh plugins if absent)")
-    compare.add_argument("--num-scenes", type=int, default=4)
-    compare.add_argument("--scene-size", type=int, default=256)
-    compare.add_argument(
-        "--scene-seed",
-        type=int,
-        default=0,
-        help="generated scenes (the demo trains on seeds 1, 2 and 5 and evaluates on 3)",
-    )
-    args = parser.parse_args(argv)
-
-    if args.compilation_cache:
-        from .utils.compilation_cache import enable_compilation_cache
-
-        enable_compilation_cache(args.compilation_cache)
-    from .builder import build_sam, build_stable_sam
-
-    dtype = None if args.dtype == "float32" else jnp.bfloat16
-    kwargs = dict(
-        points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        multimask_output=not args.single_mask,
-    )
-    info = {
-        "command": args.command,
-        "model_type": args.model_type,
-        "random_weights": args.checkpoint is None,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0]),
-        "dtype": args.dtype,
-        **kwargs,
-    }
-    t0 = time.perf_counter()
-    sam = build_sam(args.model_type, args.checkpoint, dtype=dtype)
-    info["build_s"] = round(time.perf_counter() - t0, 2)
-    if args.command == "bench":
-        from .data.scenes import generate_scene
-
-        size = args.image_size or sam.img_size
-        image = generate_scene(0, size=size)["image"][: size * 3 // 4]  # a 4:3 synthetic scene
-        info["image_shape"] = list(image.shape)
-        info.update(benchmark(sam, image, repeats=args.repeats, **kwargs))
-    else:
-        stable = build_stable_sam(args.model_type, args.checkpoint, args.plugins, dtype=dtype)
-        info["plugins"] = args.plugins or "fresh (identity at initialization)"
-        info["num_scenes"], info["scene_size"] = args.num_scenes, args.scene_size
-        info["scene_seed"] = args.scene_seed
-        info["report"] = robustness_report(
-            {"sam": sam, "stable_sam": stable},
-            num_scenes=args.num_scenes,
-            scene_size=args.scene_size,
-            seed=args.scene_seed,
-            **kwargs,
-        )
-    print(json.dumps(info, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -124,7 +124,7 @@ def build_stable_sam(
 
 
 def _meta(model: Sam, kind: str) -> dict:
-    meta = {"kind": kind, "model_type": model.model_type}
+    meta: dict[str, object] = {"kind": kind, "model_type": model.model_type}
     if model.plugin_config is not None and kind != "sam":
         meta["plugin_config"] = dataclasses.asdict(model.plugin_config)
     return meta

@@ -14,9 +14,12 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
-from .modeling.common import Buffer, PluginParam
+# The weight filters live beside the variable types they test; imported here so that
+# `checkpoint.is_sam_weight` / `checkpoint.is_plugin_weight` keep working.
+from .modeling.common import is_plugin_weight, is_sam_weight
 
 FORMAT_VERSION = 1
 KINDS = ("sam", "plugins", "stable_sam")
@@ -26,15 +29,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the requested model; the message says why."""
 
 
-def is_sam_weight(path, value) -> bool:
-    return isinstance(value, Buffer | nnx.Param) and not isinstance(value, PluginParam)
-
-
-def is_plugin_weight(path, value) -> bool:
-    return isinstance(value, PluginParam)
-
-
 def path_name(path) -> str:
+    """The dotted name of a model path: ("mask_decoder", "mask_tokens", "embedding") ->
+    "mask_decoder.mask_tokens.embedding"; integer parts (list indices) print as digits."""
     return ".".join(str(p) for p in path)
 
 
@@ -79,6 +76,33 @@ def load_flat_weights(
         var[...] = jax.numpy.asarray(flat[name], dtype=var[...].dtype)
 
 
+def load_into(model: nnx.Module, directory: str) -> None:
+    """Loads a "sam", "plugins" or "stable_sam" checkpoint's weights into `model` (a `Sam`),
+    leaving the weights the checkpoint does not hold as they are.
+
+    A "stable_sam" checkpoint fills the plugins too when `model` has them. Raises CheckpointError
+    for another model size, for plugin weights without plugins in `model`, and for any name or
+    shape mismatch."""
+    flat, meta = load(directory)
+    if meta.get("model_type") not in (None, model.model_type):
+        raise CheckpointError(
+            f"{directory} holds {meta['model_type']} weights but the model is {model.model_type}"
+        )
+    kind = meta.get("kind")
+    if kind == "plugins" or (kind == "stable_sam" and model.plugin_config is not None):
+        if model.plugin_config is None:
+            raise CheckpointError(f"{directory} holds plugin weights: set with_plugins=True")
+        _load_matching(model, flat, is_plugin_weight, directory)
+    if kind in ("sam", "stable_sam"):
+        _load_matching(model, flat, is_sam_weight, directory)
+
+
+def _load_matching(model: nnx.Module, flat: dict, which: Callable, source: str) -> None:
+    # A merged checkpoint holds both kinds of weight: each filter takes the names it selects.
+    names = weight_names(model, which)
+    load_flat_weights(model, {k: v for k, v in flat.items() if k in names}, which, source)
+
+
 def describe_mismatch(source, missing, unexpected, mismatched, limit: int = 12) -> str:
     lines = [f"{source} does not match the model:"]
     for title, items in (
@@ -96,8 +120,6 @@ def describe_mismatch(source, missing, unexpected, mismatched, limit: int = 12) 
 
 def save(directory: str, flat: dict[str, np.ndarray], meta: dict, *, force: bool = False) -> str:
     """Writes an Orbax checkpoint directory atomically; refuses to overwrite unless `force`."""
-    import orbax.checkpoint as ocp
-
     if meta.get("kind") not in KINDS:
         raise ValueError(f"meta['kind'] must be one of {KINDS}")
     directory = os.path.abspath(directory)
@@ -114,8 +136,6 @@ def save(directory: str, flat: dict[str, np.ndarray], meta: dict, *, force: bool
 
 
 def read_meta(directory: str) -> dict:
-    import orbax.checkpoint as ocp
-
     directory = os.path.abspath(directory)
     _check_directory(directory)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
@@ -133,8 +153,6 @@ def read_meta(directory: str) -> dict:
 
 def load(directory: str) -> tuple[dict[str, np.ndarray], dict]:
     """Returns (flat weights as numpy arrays, metadata)."""
-    import orbax.checkpoint as ocp
-
     meta = read_meta(directory)
     directory = os.path.abspath(directory)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:

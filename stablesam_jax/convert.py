@@ -14,7 +14,13 @@ import zipfile
 import numpy as np
 from flax import nnx
 
-from .checkpoint import CheckpointError, describe_mismatch, is_sam_weight, path_name
+from .checkpoint import (
+    CheckpointError,
+    describe_mismatch,
+    flat_weights,
+    is_sam_weight,
+    path_name,
+)
 from .constants import PIXEL_MEAN, PIXEL_STD
 from .modeling.common import Conv, ConvTranspose2x2, Linear
 from .modeling.sam import SAM_VARIANTS
@@ -32,7 +38,7 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads an official checkpoint safely (`weights_only=True`) into numpy arrays.
 
     Accepts a bare state dict or one nested under "model" or "state_dict"."""
-    import torch
+    import torch  # here, not at the top: torch is optional (the `convert` extra)
 
     if not os.path.exists(path):
         raise ConversionError(f"checkpoint file {path} does not exist")
@@ -150,8 +156,6 @@ def convert_state_dict(
 
 def to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The inverse map (for tests and for users going back to PyTorch)."""
-    from .checkpoint import flat_weights
-
     flat = flat_weights(model)
     out = {}
     for key, (name, kind, _) in _targets(model).items():

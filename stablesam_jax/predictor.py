@@ -6,8 +6,8 @@ predictor is made (as a compiled model would be); call `update_weights()` after 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,16 +18,8 @@ from .constants import PIXEL_MEAN, PIXEL_STD
 from .modeling import ops
 from .modeling.sam import Sam
 from .utils.batching import DEFAULT_PROMPT_BUCKETS, bucket, pad_rows
+from .utils.embedding import ImageEmbedding
 from .utils.transforms import ResizeLongestSide
-
-
-@dataclasses.dataclass
-class ImageEmbedding:
-    """One encoded image: features [H', W', C] (channels last) and the sizes to map masks back."""
-
-    features: jax.Array
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
 
 
 def validate_image(image: np.ndarray) -> np.ndarray:
@@ -121,6 +113,12 @@ def _postprocess(img_size, masks, input_size, original_size):
 
 
 class SamPredictor:
+    # The current image: set by set_image / set_embedding, None after reset_image (every use
+    # checks is_image_set first).
+    features: jax.Array | None
+    original_size: Any  # tuple[int, int] while an image is set
+    input_size: Any
+
     def __init__(self, sam_model: Sam, prompt_buckets: tuple[int, ...] = DEFAULT_PROMPT_BUCKETS):
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.img_size)
@@ -146,7 +144,7 @@ class SamPredictor:
         resized = [self._prepare(im, image_format) for im in images]
         feats = self._encode_resized(resized)
         return [
-            ImageEmbedding(f, tuple(np.shape(im)[:2]), tuple(r.shape[:2]))
+            ImageEmbedding(f, tuple(np.shape(im)[:2]), tuple(r.shape[:2]), self.model.model_type)
             for r, im, f in zip(resized, images, feats)
         ]
 
@@ -164,7 +162,11 @@ class SamPredictor:
         """Computes and stores the embedding of one HxWx3 uint8 image."""
         resized = self._prepare(image, image_format)
         feats = self._encode_resized([resized])
-        self.set_embedding(ImageEmbedding(feats[0], tuple(image.shape[:2]), resized.shape[:2]))
+        self.set_embedding(
+            ImageEmbedding(
+                feats[0], tuple(image.shape[:2]), resized.shape[:2], self.model.model_type
+            )
+        )
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
         """Uses a precomputed (or saved and reloaded) embedding instead of running the encoder."""

@@ -1,9 +1,14 @@
-"""Official PyTorch SAM and our port with the same (fully randomized) weights."""
+"""Official PyTorch SAM and our port with the same (fully randomized) weights.
+
+Needs torch: a test module importing this helper is marked `torch_reference` and calls
+`pytest.importorskip("torch")` first. Importing it installs the torchvision stand-in, so the whole
+official package (`segment_anything.SamPredictor`) imports too."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torchvision_stub  # noqa: F401 - installs the torchvision stand-in
 from flax import nnx
 
 from stablesam_jax import checkpoint as ckpt

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from stablesam_jax.commands import bench as bench_command
 from stablesam_jax.modeling import SAM_VARIANTS
 from stablesam_jax.tools import bench
 
@@ -17,9 +18,10 @@ def _lines(capsys):
     return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
 
 
+@pytest.mark.torch_reference
 def test_encoder_decoder_plugins_and_torch_lines(capsys):
     argv = [*TINY, "--batch", "1", "--dtype", "float32", "--prompts", "1,3"]
-    assert bench.main([*argv, "--plugins", "--compare-torch"]) == 0
+    assert bench_command.main([*argv, "--plugins", "--compare-torch"]) == 0
     lines = _lines(capsys)
     kinds = [(r["bench"], r["impl"], r.get("plugins"), r.get("prompts")) for r in lines]
     assert kinds == [
@@ -39,14 +41,17 @@ def test_encoder_decoder_plugins_and_torch_lines(capsys):
     assert encoder["attention_impl"] == "fast"
     assert encoder["scan_blocks"] is False  # the default on a CPU
     for record in lines:
-        assert record["command"].startswith("python -m stablesam_jax.bench --model-type vit_t")
+        assert record["command"].startswith(
+            "python -m stablesam_jax.commands.bench --model-type vit_t"
+        )
         assert record["platform"] == "cpu" and record["date"]
     assert all(r["jax_speedup"] > 0 for r in lines if r["impl"] == "torch")
 
 
+@pytest.mark.torch_reference
 def test_set_image_against_official_predictor(capsys):
     argv = [*TINY, "--set-image", "--dtype", "float32", "--image-size", "60x90"]
-    assert bench.main(argv) == 0
+    assert bench_command.main(argv) == 0
     (record,) = _lines(capsys)
     assert record["bench"] == "set_image" and record["model_type"] == "vit_t"
     assert record["image_hw"] == [60, 90]
@@ -57,7 +62,7 @@ def test_set_image_against_official_predictor(capsys):
 
 
 def test_runs_as_a_module(repo_root):
-    cmd = [sys.executable, "-m", "stablesam_jax.bench", *TINY, "--parts", "decoder"]
+    cmd = [sys.executable, "-m", "stablesam_jax.commands.bench", *TINY, "--parts", "decoder"]
     out = subprocess.run(
         [*cmd, "--prompts", "2", "--dtype", "bfloat16"],
         capture_output=True,
@@ -76,7 +81,7 @@ def test_runs_as_a_module(repo_root):
     "model_type,anchor_tflop", [("vit_b", 0.97), ("vit_l", 2.99), ("vit_h", 5.96)]
 )
 def test_encoder_flops_match_the_published_anchors(model_type, anchor_tflop):
-    """Anchors from /work/shared/bench/h100-baseline.md (counted independently, 2 x MACs)."""
+    """The H100 baseline's published per-image encoder FLOPs (counted independently, 2 x MACs)."""
     flops = bench.encoder_flops(SAM_VARIANTS[model_type]) / 1e12
     assert flops == pytest.approx(anchor_tflop, rel=0.01)
     # The fast path skips projecting window padding: 4096 instead of 4900 tokens per image.
@@ -103,5 +108,5 @@ def test_peak_table():
 )
 def test_bad_arguments_name_the_fix(argv, message, capsys):
     with pytest.raises(SystemExit):
-        bench.parse_args(argv)
+        bench_command.parse_args(argv)
     assert message in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The demo (issue 6): its quick mode end to end, its figures and the packaged demo SAM."""
+"""The demo: its quick mode end to end, its figures and the packaged demo SAM."""
 
 from __future__ import annotations
 

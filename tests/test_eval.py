@@ -1,4 +1,4 @@
-"""The evaluation job (stablesam_jax.eval_lib): folder layouts, metrics wiring, COCO wiring.
+"""The evaluation job (stablesam_jax.evaluation): folder layouts, metrics wiring, COCO wiring.
 
 Expected numbers come from hand computation (oracle and half-right predictors) or from the
 independent path `SamPredictor.predict` + `metrics` one prompt at a time.
@@ -14,15 +14,15 @@ from flax import nnx
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from stablesam_jax import SamPredictor, build_sam, build_stable_sam
+from stablesam_jax import SamPredictor, build_sam, build_stable_sam, evaluation
 from stablesam_jax import checkpoint as ckpt
 from stablesam_jax.data.folders import HQ_EVAL
 from stablesam_jax.data.prompts import eval_prompts, image_seed
 from stablesam_jax.data.scenes import generate_scene, write_scene_folder
-from stablesam_jax.evaluation import job as eval_lib
-from stablesam_jax.evaluation import metrics
-from stablesam_jax.evaluation.coco import evaluate_coco, load_coco, load_rgb, prompted_instances
+from stablesam_jax.evaluation import device_metrics, loop, metrics
+from stablesam_jax.evaluation.coco import evaluate_coco, load_coco, prompted_instances
 from stablesam_jax.modeling.common import PluginParam
+from stablesam_jax.utils.io import load_image as load_rgb
 
 DEMO_TYPES = ("gt_box", "noisy_box", "one_point", "three_points")
 
@@ -61,14 +61,14 @@ def write_all_layouts(root, num=1, size=64):
 
 
 def layouts_config(root, output_dir, num_prompts=4):
-    config = eval_lib.base_config(str(output_dir))
+    config = evaluation.base_config(str(output_dir))
     config.data_root = str(root)
     config.num_prompts = num_prompts
     config.progress = False
-    config.models.sam = eval_lib.model_config("vit_t", "sam", random_init=True)
+    config.models.sam = evaluation.model_config("vit_t", "sam", random_init=True)
     for layout in HQ_EVAL:
-        config.datasets[layout] = eval_lib.layout_dataset_config(layout)
-    config.datasets.plain = eval_lib.folder_dataset_config(
+        config.datasets[layout] = evaluation.layout_dataset_config(layout)
+    config.datasets.plain = evaluation.folder_dataset_config(
         str(root / "plain" / "images"), str(root / "plain" / "masks")
     )
     return config
@@ -93,10 +93,10 @@ def test_every_layout_runs_through_the_job_with_a_real_model(tmp_path, tiny_mode
     config = layouts_config(tmp_path / "data", tmp_path / "out")
     # max_points=3 (three_points is the largest type) as the job itself would choose.
     predictors = {
-        "sam": eval_lib.SamEvalPredictor(sam, max_points=3),
-        "stable_sam": eval_lib.SamEvalPredictor(stable, max_points=3),
+        "sam": evaluation.SamEvalPredictor(sam, max_points=3),
+        "stable_sam": evaluation.SamEvalPredictor(stable, max_points=3),
     }
-    report = eval_lib.run(config, predictors=predictors)
+    report = evaluation.run(config, predictors=predictors)
 
     datasets = (*HQ_EVAL, "plain")
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -125,9 +125,9 @@ def test_every_layout_runs_through_the_job_with_a_real_model(tmp_path, tiny_mode
 def test_oracle_scores_100_everywhere_through_the_job(tmp_path):
     write_all_layouts(tmp_path / "data", num=2)
     config = layouts_config(tmp_path / "data", tmp_path / "out", num_prompts=3)
-    config.prompt_types = tuple(eval_lib.PROMPT_TYPES)
-    config.datasets.scenes = eval_lib.scenes_dataset_config(num=2, size=64)
-    report = eval_lib.run(config, predictors={"oracle": eval_lib.OraclePredictor()})
+    config.prompt_types = tuple(evaluation.PROMPT_TYPES)
+    config.datasets.scenes = evaluation.scenes_dataset_config(num=2, size=64)
+    report = evaluation.run(config, predictors={"oracle": evaluation.OraclePredictor()})
     for dataset, per_model in report["results"].items():
         for prompt_type, values in per_model["oracle"].items():
             assert (values["miou"], values["mbiou"], values["msf"]) == (100.0, 100.0, 100.0), (
@@ -145,13 +145,13 @@ def test_tfds_datasets_run_through_the_job(tmp_path):
     for layout in ("DIS5K-VD", "COIFT"):
         write_scene_folder(tmp_path / "data", layout, num=2, seed=1, size=48)
     builder = build_tfds(tmp_path / "data", tmp_path / "tfds", ["DIS5K-VD", "COIFT"])
-    config = eval_lib.base_config(str(tmp_path / "out"))
+    config = evaluation.base_config(str(tmp_path / "out"))
     config.progress = False
     config.num_prompts = 2
-    config.models.unused = eval_lib.model_config("vit_t", random_init=True)
+    config.models.unused = evaluation.model_config("vit_t", random_init=True)
     for layout in ("DIS5K-VD", "COIFT"):
-        config.datasets[layout] = eval_lib.tfds_dataset_config(layout, tfds_dir=builder.data_dir)
-    report = eval_lib.run(config, predictors={"oracle": eval_lib.OraclePredictor()})
+        config.datasets[layout] = evaluation.tfds_dataset_config(layout, tfds_dir=builder.data_dir)
+    report = evaluation.run(config, predictors={"oracle": evaluation.OraclePredictor()})
     assert report["datasets"]["COIFT"]["num_images"] == 2
     assert report["results"]["pooled"]["oracle"]["noisy_box"]["num_images"] == 4
     assert report["results"]["pooled"]["oracle"]["noisy_box"]["miou"] == 100.0
@@ -167,7 +167,7 @@ class HalfRightPredictor:
         masks = np.repeat(sample.mask[None], len(prompts), axis=0)
         if sample.name.startswith("half"):
             masks[1::2] = False
-        return eval_lib.Prediction(masks, np.ones(len(prompts)))
+        return evaluation.Prediction(masks, np.ones(len(prompts)))
 
 
 def test_metrics_are_averaged_over_prompts_then_images_and_pooled_over_images():
@@ -179,7 +179,7 @@ def test_metrics_are_averaged_over_prompts_then_images_and_pooled_over_images():
         "good": [(*scene(0), "good_0")],
         "half": [(*scene(1), "half_0"), (*scene(2), "half_1")],
     }
-    report = eval_lib.evaluate_report(
+    report = evaluation.evaluate_report(
         {"m": HalfRightPredictor()},
         datasets,
         ("gt_box", "one_point"),
@@ -213,7 +213,7 @@ def test_job_equals_sam_predictor_one_prompt_at_a_time(tiny_models):
     image, mask = non_square_sample()
     # 4 prompts and 3 point slots: the decoder compiled for the layout test is reused.
     prompt_types, num, seed = ("noisy_box", "three_points"), 4, 5
-    report = eval_lib.evaluate_report(
+    report = evaluation.evaluate_report(
         {"stable_sam": stable},
         {"one": [(image, mask, "img0")]},
         prompt_types,
@@ -304,19 +304,19 @@ class CocoOracle:
     def predict(self, sample, embedding, prompts):
         masks = self.masks[embedding]
         assert len(prompts) == len(masks) and prompts.box_valid.all()
-        return eval_lib.Prediction(masks, np.ones(len(masks)))
+        return evaluation.Prediction(masks, np.ones(len(masks)))
 
 
 def test_coco_through_the_job_perfect_masks_give_map_100(tmp_path):
     annotation_file, image_dir = write_scene_coco(tmp_path / "coco")
-    config = eval_lib.base_config(str(tmp_path / "out"))
+    config = evaluation.base_config(str(tmp_path / "out"))
     config.progress = False
     config.seed = 3
-    config.models.unused = eval_lib.model_config("vit_t", random_init=True)
-    config.coco.tiny = eval_lib.coco_config(str(annotation_file), str(image_dir))
+    config.models.unused = evaluation.model_config("vit_t", random_init=True)
+    config.coco.tiny = evaluation.coco_config(str(annotation_file), str(image_dir))
     perfect = CocoOracle(annotation_file, image_dir)
     shifted = CocoOracle(annotation_file, image_dir, shift=6)  # 6 px of 64: clearly damaged
-    eval_lib.run(config, predictors={"oracle": perfect, "shifted": shifted})
+    evaluation.run(config, predictors={"oracle": perfect, "shifted": shifted})
 
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     num_instances = len(json.loads(annotation_file.read_text())["annotations"])
@@ -350,8 +350,8 @@ def test_coco_predict_fn_matches_sam_predictor(tiny_models):
     _, stable = tiny_models
     image, _ = non_square_sample()  # shapes as above: compiled functions are reused
     boxes = np.array([[10, 20, 120, 150], [50, 5, 149, 199], [0, 0, 30, 40]], np.float32)
-    job_predictor = eval_lib.SamEvalPredictor(stable, max_points=3)
-    masks, scores = eval_lib.coco_predict_fn(job_predictor)(image, boxes)
+    job_predictor = evaluation.SamEvalPredictor(stable, max_points=3)
+    masks, scores = evaluation.coco_predict_fn(job_predictor)(image, boxes)
     reference = SamPredictor(stable)
     reference.set_image(image)
     for box, mask, score in zip(boxes, masks, scores):
@@ -367,7 +367,7 @@ def test_mask_upsampling_is_postprocess_masks(tiny_models):
     sam, _ = tiny_models
     low_res = jax.random.normal(jax.random.key(0), (2, 64, 64))
     expected = np.asarray(sam.postprocess_masks(low_res, (256, 171), (300, 200))) > 0
-    got = np.asarray(eval_lib._masks_at_original_size(256, low_res, (256, 171), (300, 200)))
+    got = np.asarray(device_metrics.masks_at_original_size(256, low_res, (256, 171), (300, 200)))
     np.testing.assert_array_equal(got, expected)
     assert 0.2 < expected.mean() < 0.8
 
@@ -381,8 +381,8 @@ def test_empty_masks_are_skipped_and_counted():
     empty = np.zeros((48, 48), bool)
     data = {"d": [(scene["image"], empty, "empty"), (scene["image"], scene["masks"][0], "full")]}
     with pytest.warns(UserWarning, match="empty mask"):
-        report = eval_lib.evaluate_report(
-            {"oracle": eval_lib.OraclePredictor()}, data, ("gt_box",), 2, progress=False
+        report = evaluation.evaluate_report(
+            {"oracle": evaluation.OraclePredictor()}, data, ("gt_box",), 2, progress=False
         )
     assert report["datasets"]["d"] == {"num_images": 1, "skipped_empty_masks": ["empty"]}
     assert report["per_image"]["d"]["names"] == ["full"]
@@ -391,17 +391,17 @@ def test_empty_masks_are_skipped_and_counted():
 
 def test_bad_configs_say_what_to_fix(tmp_path):
     with pytest.raises(ValueError, match="checkpoint.*random_init"):
-        eval_lib.ModelSpec("sam", "vit_t").validate()
+        evaluation.ModelSpec("sam", "vit_t").validate()
     with pytest.raises(ValueError, match="plugins"):
-        eval_lib.ModelSpec("ss", "vit_t", kind="stable_sam", checkpoint="x").validate()
+        evaluation.ModelSpec("ss", "vit_t", kind="stable_sam", checkpoint="x").validate()
     with pytest.raises(ValueError, match="data_root"):
-        eval_lib.DatasetSpec("DIS5K-VD").open()
+        evaluation.DatasetSpec("DIS5K-VD").open()
     with pytest.raises(ValueError, match="unknown prompt types"):
-        eval_lib.evaluate_report({"o": eval_lib.OraclePredictor()}, {"d": []}, ("two_points",))
-    config = eval_lib.base_config(str(tmp_path))
-    config.models.sam = eval_lib.model_config("vit_t", random_init=True)
+        evaluation.evaluate_report({"o": evaluation.OraclePredictor()}, {"d": []}, ("two_points",))
+    config = evaluation.base_config(str(tmp_path))
+    config.models.sam = evaluation.model_config("vit_t", random_init=True)
     with pytest.raises(ValueError, match="nothing to evaluate"):
-        eval_lib.run(config)
+        evaluation.run(config)
 
 
 def test_format_table_of_the_pooled_mapping():
@@ -411,7 +411,7 @@ def test_format_table_of_the_pooled_mapping():
             "noisy_box": {"miou": 82.3, "mbiou": 74.1, "msf": 82.34, "num_images": 3, "drp_a1": 0.6}
         },
     }
-    table = eval_lib.format_table(results)
+    table = evaluation.format_table(results)
     lines = table.splitlines()
     assert "| Model | Noisy Box |" in lines
     assert "| sam | 48.8 / 42.1 / 39.5 |" in lines
@@ -419,8 +419,8 @@ def test_format_table_of_the_pooled_mapping():
     assert "| stable_sam | 0.600 |" in lines
 
 
-mask_counts = jax.jit(eval_lib._mask_counts, static_argnums=2)
-boundary_band = jax.jit(eval_lib._boundary_band, static_argnums=1)
+mask_counts = jax.jit(device_metrics.mask_counts, static_argnums=2)
+boundary_band = jax.jit(device_metrics.boundary_band, static_argnums=1)
 
 
 def random_blobs(rng, count, shape):
@@ -444,8 +444,8 @@ def test_device_metrics_equal_the_metrics_module(shape):
     padded = np.concatenate([masks, masks[-1:], masks[-1:]])
     width = metrics.boundary_width(shape)
     counts = jax.device_get(mask_counts(jnp.asarray(padded), jnp.asarray(gt), width))
-    got = eval_lib.metrics_from_counts(counts, len(masks))
-    expected = eval_lib._image_metrics(eval_lib.Prediction(masks, np.ones(len(masks))), gt)
+    got = evaluation.metrics_from_counts(counts, len(masks))
+    expected = loop._image_metrics(evaluation.Prediction(masks, np.ones(len(masks))), gt)
     for key in ("miou", "mbiou", "msf"):
         assert got[key] == pytest.approx(expected[key], abs=1e-12), key
     # And the pieces against `metrics` directly, mask by mask.
@@ -460,7 +460,7 @@ def test_device_metrics_of_an_empty_ground_truth_follow_metrics_conventions():
     masks = np.zeros((2, 20, 30), bool)
     masks[1, 5:9, 5:9] = True
     counts = jax.device_get(mask_counts(jnp.asarray(masks), jnp.asarray(gt), 1))
-    got = eval_lib.metrics_from_counts(counts, 2)
+    got = evaluation.metrics_from_counts(counts, 2)
     assert got["miou"] == pytest.approx(50.0)  # two empty masks agree (1), the other scores 0
     assert got["mbiou"] == pytest.approx(50.0)
     assert got["msf"] == pytest.approx(50.0)  # mean area 8 over a union of 16 pixels
@@ -477,13 +477,13 @@ def test_model_specs_route_to_the_right_builder(monkeypatch):
     kinds = {"dt": "sam", "ss": "stable_sam"}
     monkeypatch.setattr(ckpt, "read_meta", lambda path: {"kind": kinds[path]})
 
-    eval_lib.ModelSpec("a", "vit_b", checkpoint="sam_dir").build()
-    eval_lib.ModelSpec(
+    evaluation.ModelSpec("a", "vit_b", checkpoint="sam_dir").build()
+    evaluation.ModelSpec(
         "b", "vit_b", kind="stable_sam", checkpoint="sam_dir", plugins="plug", dtype="bfloat16"
     ).build()
-    eval_lib.ModelSpec("c", "vit_b", merged="dt").build()
-    eval_lib.ModelSpec("d", "vit_b", kind="stable_sam", merged="ss").build()
-    eval_lib.ModelSpec("e", "vit_t", kind="stable_sam", random_init=True, seed=4).build()
+    evaluation.ModelSpec("c", "vit_b", merged="dt").build()
+    evaluation.ModelSpec("d", "vit_b", kind="stable_sam", merged="ss").build()
+    evaluation.ModelSpec("e", "vit_t", kind="stable_sam", random_init=True, seed=4).build()
     assert [(c[0], c[1]) for c in calls] == [
         ("sam", ("vit_b", "sam_dir")),
         ("stable_sam", ("vit_b", "sam_dir", "plug")),
@@ -494,4 +494,4 @@ def test_model_specs_route_to_the_right_builder(monkeypatch):
     assert calls[1][2]["dtype"] == jnp.bfloat16 and calls[0][2]["dtype"] is None
     assert calls[4][2]["seed"] == 4
     with pytest.raises(ValueError, match="Stable-SAM export; set kind='stable_sam'"):
-        eval_lib.ModelSpec("f", "vit_b", merged="ss").build()
+        evaluation.ModelSpec("f", "vit_b", merged="ss").build()

@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.multidevice
+
 EXPECTED_TYPES = ["gt_box", "noisy_box", "one_point", "three_points"]
 
 

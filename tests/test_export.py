@@ -15,11 +15,12 @@ from flax import nnx
 
 from stablesam_jax import SamPredictor
 from stablesam_jax.checkpoint import path_name
+from stablesam_jax.commands.export import main
 from stablesam_jax.modeling import SAM_VARIANTS, Sam
 from stablesam_jax.modeling.plugins import PluginConfig
 from stablesam_jax.serving import export as export_module
 from stablesam_jax.serving import runtime as serving
-from stablesam_jax.serving.export import export_model, main
+from stablesam_jax.serving.export import export_model
 
 PROMPTS = dict(
     point_coords=np.array(
@@ -247,3 +248,24 @@ def test_decoder_weights_are_named_and_carry_the_plugins(export_dir):
         names = set(data.files)
     assert {n.split(".")[0] for n in names} == {"prompt_encoder", "mask_decoder"}
     assert any(".dsp." in n for n in names) and any(".drp." in n for n in names)
+
+
+def test_runtime_imports_no_flax():
+    code = textwrap.dedent(
+        """
+        import sys
+        import stablesam_jax.serving.runtime
+        import stablesam_jax.serving
+        assert "flax" not in sys.modules, sorted(m for m in sys.modules if "flax" in m)
+        assert "stablesam_jax.serving.export" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_serving_package_exports_the_runtime_and_the_exporter():
+    import stablesam_jax.serving as package
+
+    assert package.ExportedSam is serving.ExportedSam
+    assert package.load_embedding is serving.load_embedding
+    assert package.export_model is export_model

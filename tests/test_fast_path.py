@@ -1,6 +1,10 @@
 """The fast path (bf16, fused/folded attention, padding skipped, scanned blocks) against the
 reference path and the official PyTorch attention. Small shapes, CPU."""
 
+import pytest
+
+pytest.importorskip("torch")  # without torch (CI's Python 3.12 lane): skipped, not an error
+
 import types
 
 import jax
@@ -15,6 +19,8 @@ from stablesam_jax import checkpoint as ckpt
 from stablesam_jax.modeling import SAM_VARIANTS, ImageEncoderViT, ops
 from stablesam_jax.predictor import SamPredictor
 from stablesam_jax.tools.official import import_official_modeling
+
+pytestmark = pytest.mark.torch_reference
 
 # ----------------------------------------------------------------------------- attention
 

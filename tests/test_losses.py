@@ -1,6 +1,10 @@
 """Mask losses against HQ-SAM's PyTorch loss code (re-typed below from HQ-SAM's
 `train/utils/loss_mask.py`) and hand-computed values."""
 
+import pytest
+
+pytest.importorskip("torch")  # without torch (CI's Python 3.12 lane): skipped, not an error
+
 import math
 
 import jax
@@ -11,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from stablesam_jax.training import losses
+
+pytestmark = pytest.mark.torch_reference
 
 
 # ---- HQ-SAM's reference (torch), the candidate points passed in instead of torch.rand ----------

@@ -1,24 +1,27 @@
 """End-to-end training in this process: the tiny config, non-finite losses, broken data."""
 
+import importlib.util
 import os
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 from PIL import Image
-from train_helpers import read_metrics, tiny_config
+from train_helpers import REPO, read_metrics, tiny_config
 
 from stablesam_jax import checkpoint as ckpt
-from stablesam_jax.builder import build_sam, build_stable_sam
+from stablesam_jax import training
+from stablesam_jax.builder import build_sam, build_stable_sam, save_plugins, save_sam
 from stablesam_jax.data.folders import DataError
 from stablesam_jax.data.scenes import write_scene_folder
-from stablesam_jax.training import loop as train_lib
+from stablesam_jax.modeling.common import PluginParam
 
 
 def test_tiny_trains_end_to_end_and_its_loss_goes_down(tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny_config(total_steps=16, checkpoint_every_steps=8, log_every_steps=4)
-    result = train_lib.train(config, workdir)
+    result = training.train(config, workdir)
 
     rows = read_metrics(workdir)
     assert [row["step"] for row in rows] == list(range(1, 17))
@@ -72,16 +75,16 @@ def test_tiny_trains_end_to_end_and_its_loss_goes_down(tmp_path):
 def test_rerun_of_a_finished_workdir_resumes_and_does_nothing(tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny_config("prompt_tokens", total_steps=2, checkpoint_every_steps=0)
-    first = train_lib.train(config, workdir)
-    again = train_lib.train(config, workdir)
+    first = training.train(config, workdir)
+    again = training.train(config, workdir)
     assert again["resumed_from"] == 2
     assert [row["step"] for row in read_metrics(workdir)] == [1, 2]
     a, b = ckpt.flat_weights(first["model"]), ckpt.flat_weights(again["model"])
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     # A different recipe in the same workdir is refused, naming what changed.
-    with pytest.raises(train_lib.ConfigError, match="trainable"):
-        train_lib.train(tiny_config("decoder", total_steps=2), workdir)
+    with pytest.raises(training.ConfigError, match="trainable"):
+        training.train(tiny_config("decoder", total_steps=2), workdir)
 
 
 def _folder_data(root, num=6, corrupt: int | None = None):
@@ -110,8 +113,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
             "data.occlusion_prob": 0.0,
         },
     )
-    with pytest.raises(train_lib.NonFiniteLossError) as error:
-        train_lib.train(config, workdir)
+    with pytest.raises(training.NonFiniteLossError) as error:
+        training.train(config, workdir)
     message = str(error.value)
     assert "step 5" in message and "learning rate" in message and "step 4" in message
 
@@ -140,18 +143,18 @@ def test_corrupt_file_stops_the_run_naming_it(tmp_path):
         },
     )
     with pytest.raises(DataError, match=str(pairs[1][0].name)):
-        train_lib.train(config, str(tmp_path / "run"))
+        training.train(config, str(tmp_path / "run"))
 
 
 def test_config_errors_name_the_field(tmp_path):
-    with pytest.raises(train_lib.ConfigError, match="image_size"):
-        train_lib.validate_config(tiny_config(image_size=1024))
-    with pytest.raises(train_lib.ConfigError, match="data.root"):
-        train_lib.validate_config(tiny_config(**{"data.source": "hqseg44k"}))
-    with pytest.raises(train_lib.ConfigError, match="with_plugins"):
-        train_lib.validate_config(tiny_config("plugins", with_plugins=False))
+    with pytest.raises(training.ConfigError, match="image_size"):
+        training.validate_config(tiny_config(image_size=1024))
+    with pytest.raises(training.ConfigError, match="data.root"):
+        training.validate_config(tiny_config(**{"data.source": "hqseg44k"}))
+    with pytest.raises(training.ConfigError, match="with_plugins"):
+        training.validate_config(tiny_config("plugins", with_plugins=False))
     with pytest.raises(ValueError, match="trainable subset"):
-        train_lib.validate_config(tiny_config(trainable="encoder"))
+        training.validate_config(tiny_config(trainable="encoder"))
 
 
 def test_image_masks_are_checked_for_existence(tmp_path):
@@ -167,7 +170,7 @@ def test_image_masks_are_checked_for_existence(tmp_path):
         }
     )
     with pytest.raises(DataError, match="no mask"):
-        train_lib.make_source(config)
+        training.make_source(config)
 
 
 @pytest.mark.parametrize(
@@ -175,10 +178,6 @@ def test_image_masks_are_checked_for_existence(tmp_path):
     ["tiny", "stable_sam_vit_l", "stable_sam_vit_l_12ep", "dt_sam_vit_l", "pt_sam_vit_l"],
 )
 def test_config_files_load_and_validate(name):
-    import importlib.util
-
-    from train_helpers import REPO
-
     path = os.path.join(REPO, "train", "configs", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -187,7 +186,7 @@ def test_config_files_load_and_validate(name):
     assert "python -m stablesam_jax.train" in module.__doc__ and "Expected result" in module.__doc__
     if config.data.source == "hqseg44k":
         config.data.root = "/data/hqseg44k"
-    train_lib.validate_config(config)
+    training.validate_config(config)
     if name.startswith(("stable_sam", "dt_sam", "pt_sam")):
         # The paper's recipe (Sec. 4): global batch 32, Adam lr 1e-3, no weight decay.
         assert config.batch_size == 32 and config.optimizer.learning_rate == 1e-3
@@ -198,11 +197,6 @@ def test_config_files_load_and_validate(name):
 
 
 def test_build_model_reads_sam_and_init_checkpoints(tmp_path):
-    from flax import nnx
-
-    from stablesam_jax.builder import save_plugins, save_sam
-    from stablesam_jax.modeling.common import PluginParam
-
     sam = build_sam("vit_t", seed=7)
     save_sam(sam, str(tmp_path / "sam"))
     donor = build_stable_sam("vit_t", seed=0)
@@ -217,7 +211,7 @@ def test_build_model_reads_sam_and_init_checkpoints(tmp_path):
         sam_checkpoint=str(tmp_path / "sam"),
         init_checkpoint=str(tmp_path / "plugins"),
     )
-    model = train_lib.build_model(config)
+    model = training.build_model(config)
     got_sam, want_sam = ckpt.flat_weights(model), ckpt.flat_weights(sam)
     assert got_sam.keys() == want_sam.keys()
     for name in want_sam:
@@ -229,6 +223,6 @@ def test_build_model_reads_sam_and_init_checkpoints(tmp_path):
 
     # A SAM checkpoint as init_checkpoint of plain SAM (continuing a pretraining run).
     config = tiny_config("all", model_seed=0, init_checkpoint=str(tmp_path / "sam"))
-    continued = ckpt.flat_weights(train_lib.build_model(config))
+    continued = ckpt.flat_weights(training.build_model(config))
     for name in want_sam:
         np.testing.assert_array_equal(continued[name], want_sam[name], err_msg=name)

@@ -6,9 +6,12 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 from train_helpers import free_port, read_metrics, shared_cache_dir, subprocess_env, train_command
 
 from stablesam_jax import checkpoint as ckpt
+
+pytestmark = pytest.mark.multidevice
 
 
 def test_two_process_run_completes(tmp_path):

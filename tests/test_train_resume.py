@@ -9,6 +9,8 @@ import time
 import numpy as np
 from train_helpers import read_metrics, run, shared_cache_dir, subprocess_env, train_command
 
+from stablesam_jax import checkpoint as ckpt
+
 # Point-sampled loss: the per-step RNG must be restored too, or the losses differ.
 OVERRIDES = {
     "total_steps": 16,
@@ -64,8 +66,6 @@ def test_killed_run_resumes_without_losing_a_step(tmp_path):
         [row["grad_norm"] for row in got], [row["grad_norm"] for row in expected]
     )
     # The final plugin weights agree too.
-    from stablesam_jax import checkpoint as ckpt
-
     a, _ = ckpt.load(os.path.join(reference_dir, "export", "plugins"))
     b, _ = ckpt.load(os.path.join(workdir, "export", "plugins"))
     for name in a:

@@ -6,14 +6,17 @@ comparison runs in a subprocess (the script below) and reports JSON."""
 import json
 import sys
 
+import pytest
 from train_helpers import run, shared_cache_dir, subprocess_env
+
+pytestmark = pytest.mark.multidevice
 
 SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, "tests")
 from train_helpers import tiny_config
-from stablesam_jax.training import loop as train_lib
+from stablesam_jax import training
 from stablesam_jax.builder import build_stable_sam
 
 assert jax.device_count() == 8, jax.devices()
@@ -27,10 +30,10 @@ config = tiny_config(
        "optimizer.eps": 1.0},
 )
 model = build_stable_sam("vit_t", seed=0)
-batch = next(train_lib.iterate_batches(config))
-single = train_lib.Trainer(config, model, mesh=train_lib.make_mesh(jax.devices()[:1]))
+batch = next(training.iterate_batches(config))
+single = training.Trainer(config, model, mesh=training.make_mesh(jax.devices()[:1]))
 initial = {k: np.asarray(v) for k, v in single.state["params"].items()}
-sharded = train_lib.Trainer(config, model, mesh=train_lib.make_mesh(jax.devices()))
+sharded = training.Trainer(config, model, mesh=training.make_mesh(jax.devices()))
 on_devices = sharded.put_batch(batch)
 shards = on_devices["image"].addressable_shards
 report = {

@@ -8,9 +8,9 @@ from flax import nnx
 from train_helpers import tiny_config
 
 from stablesam_jax import checkpoint as ckpt
+from stablesam_jax import training
 from stablesam_jax.builder import build_stable_sam
 from stablesam_jax.modeling.common import PluginParam
-from stablesam_jax.training import loop as train_lib
 
 
 def _expected_trainable(subset: str, name: str, is_plugin: bool) -> bool:
@@ -37,7 +37,7 @@ def _expected_trainable(subset: str, name: str, is_plugin: bool) -> bool:
 @pytest.fixture(scope="module")
 def batch():
     config = tiny_config(batch_size=2)
-    return next(train_lib.iterate_batches(config))
+    return next(training.iterate_batches(config))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_only_the_chosen_subset_moves(subset, batch, model):
     plugin_names = ckpt.weight_names(model, lambda p, v: isinstance(v, PluginParam))
     buffers = set(before) - ckpt.weight_names(model, lambda p, v: isinstance(v, nnx.Param))
 
-    trainer = train_lib.Trainer(config, model)
+    trainer = training.Trainer(config, model)
     expected = {
         n for n in before if n not in buffers and _expected_trainable(subset, n, n in plugin_names)
     }
@@ -91,7 +91,7 @@ def test_plugin_seed_from_config_changes_only_plugin_weights():
     def weights(plugin_seed):
         config = tiny_config("plugins", with_plugins=True, model_seed=0)
         config.plugins.seed = plugin_seed
-        model = train_lib.build_model(config)
+        model = training.build_model(config)
         plugin_names = ckpt.weight_names(model, lambda p, v: isinstance(v, PluginParam))
         return ckpt.flat_weights(model, lambda p, v: isinstance(v, nnx.Variable)), plugin_names
 

@@ -21,14 +21,14 @@ DT-SAM: 12.2 / 22.7 and 15.8 / 28.7; PT-SAM: 30.2 / 63.4 and 41.3 / 76.5 (enable
 hq_paper.py). Not run here: no weights or data can be downloaded on these machines.
 """
 
-from stablesam_jax.evaluation import job as eval_lib
+from stablesam_jax import evaluation
 
 
 def get_config():
-    config = eval_lib.base_config("eval_out/coco_noisy_box")
-    config.models.sam = eval_lib.model_config("vit_l", "sam")
-    config.models.stable_sam = eval_lib.model_config("vit_l", "stable_sam")
-    config.models.dt_sam = eval_lib.model_config("vit_l", "sam", enabled=False)
-    config.models.pt_sam = eval_lib.model_config("vit_l", "sam", enabled=False)
-    config.coco.coco_val2017 = eval_lib.coco_config()
+    config = evaluation.base_config("eval_out/coco_noisy_box")
+    config.models.sam = evaluation.model_config("vit_l", "sam")
+    config.models.stable_sam = evaluation.model_config("vit_l", "stable_sam")
+    config.models.dt_sam = evaluation.model_config("vit_l", "sam", enabled=False)
+    config.models.pt_sam = evaluation.model_config("vit_l", "sam", enabled=False)
+    config.coco.coco_val2017 = evaluation.coco_config()
     return config

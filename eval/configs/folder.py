@@ -16,12 +16,12 @@ natural images a trained Stable-SAM is above SAM for Noisy Box and 1 Point, and 
 for GT Box. The numbers themselves depend on the data.
 """
 
-from stablesam_jax.evaluation import job as eval_lib
+from stablesam_jax import evaluation
 
 
 def get_config():
-    config = eval_lib.base_config("eval_out/folder")
-    config.models.sam = eval_lib.model_config("vit_b", "sam")
-    config.models.stable_sam = eval_lib.model_config("vit_b", "stable_sam")
-    config.datasets.folder = eval_lib.folder_dataset_config()
+    config = evaluation.base_config("eval_out/folder")
+    config.models.sam = evaluation.model_config("vit_b", "sam")
+    config.models.stable_sam = evaluation.model_config("vit_b", "stable_sam")
+    config.datasets.folder = evaluation.folder_dataset_config()
     return config

@@ -21,7 +21,7 @@ look), `--config.datasets["HR-SOD"].enabled=False`, `--config.models.sam.dtype=b
 `--config.prompt_types="('gt_box','noisy_box','noisy_box_50_60','noisy_box_60_70','one_point',
 'three_points','five_points','ten_points')"`.
 
-Expected result (pooled over the four sets, 1,650 images; paper Table 2 / design doc section 6;
+Expected result (pooled over the four sets, 1,650 images; paper Table 2;
 cells mIoU / mBIoU / mSF):
     | Model      | GT Box      | Noisy Box          | 1 Point            | 3 Points           |
     | sam        | 79.5 / 71.1 | 48.8 / 42.1 / 39.5 | 43.3 / 37.4 / 45.1 | 78.7 / 69.5 / 79.3 |
@@ -33,18 +33,18 @@ results.md to output_dir. Not run here: no weights or data can be downloaded on 
 project is built on.
 """
 
-from stablesam_jax.evaluation import job as eval_lib
+from stablesam_jax import evaluation
 
 HQ_DATASETS = ("DIS5K-VD", "ThinObject5K-TE", "COIFT", "HR-SOD")
 
 
 def get_config():
-    config = eval_lib.base_config("eval_out/hq_paper")
-    config.models.sam = eval_lib.model_config("vit_l", "sam")
-    config.models.stable_sam = eval_lib.model_config("vit_l", "stable_sam")
-    config.models.dt_sam = eval_lib.model_config("vit_l", "sam", enabled=False)
-    config.models.pt_sam = eval_lib.model_config("vit_l", "sam", enabled=False)
+    config = evaluation.base_config("eval_out/hq_paper")
+    config.models.sam = evaluation.model_config("vit_l", "sam")
+    config.models.stable_sam = evaluation.model_config("vit_l", "stable_sam")
+    config.models.dt_sam = evaluation.model_config("vit_l", "sam", enabled=False)
+    config.models.pt_sam = evaluation.model_config("vit_l", "sam", enabled=False)
     for name in HQ_DATASETS:
-        config.datasets[name] = eval_lib.layout_dataset_config(name)
+        config.datasets[name] = evaluation.layout_dataset_config(name)
     config.image_batch_size = 4
     return config

@@ -19,14 +19,14 @@ sampling offsets are 0, so the mix equals SAM's features). Other platforms may m
 the last digit.
 """
 
-from stablesam_jax.evaluation import job as eval_lib
+from stablesam_jax import evaluation
 
 
 def get_config():
-    config = eval_lib.base_config("eval_out/scenes_smoke")
-    config.models.sam = eval_lib.model_config("vit_t", "sam", random_init=True, seed=0)
-    config.models.stable_sam = eval_lib.model_config(
+    config = evaluation.base_config("eval_out/scenes_smoke")
+    config.models.sam = evaluation.model_config("vit_t", "sam", random_init=True, seed=0)
+    config.models.stable_sam = evaluation.model_config(
         "vit_t", "stable_sam", random_init=True, seed=0
     )
-    config.datasets.scenes = eval_lib.scenes_dataset_config(num=8, seed=0, size=256)
+    config.datasets.scenes = evaluation.scenes_dataset_config(num=8, seed=0, size=256)
     return config

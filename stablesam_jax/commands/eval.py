@@ -3,7 +3,7 @@
 Runs the config's models over its datasets and prompt types (and COCO sets), prints a Markdown
 table shaped like the paper's Table 2 and writes `results.json` + `results.md` to
 `config.output_dir`. Each config's docstring gives its command and expected result. The fields
-come from `eval_lib.base_config` (top level), `model_config`, `layout_dataset_config`,
+come from `evaluation.base_config` (top level), `model_config`, `layout_dataset_config`,
 `folder_dataset_config`, `scenes_dataset_config`, `tfds_dataset_config` and `coco_config`; any
 of them can be overridden, e.g. `--config.models.sam.checkpoint=DIR`,
 `--config.datasets["DIS5K-VD"].enabled=False`, `--config.num_prompts=5`.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import app
 from ml_collections import config_flags
 
-from ..evaluation import job as eval_lib
+from .. import evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "An eval config (eval/configs/*.py).")
 
@@ -24,7 +24,7 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.KEY=VALUE overrides")
     if _CONFIG.value is None:
         raise app.UsageError("pass --config eval/configs/NAME.py")
-    eval_lib.run(_CONFIG.value)
+    evaluation.run(_CONFIG.value)
 
 
 def run() -> None:

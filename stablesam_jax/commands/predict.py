@@ -15,7 +15,9 @@ import argparse
 import sys
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
+
+from ..utils.io import ImageReadError, load_image
 
 
 class UsageError(argparse.ArgumentTypeError, ValueError):
@@ -44,16 +46,6 @@ def parse_point(text: str) -> tuple[float, float, int]:
     if label not in (0, 1):
         raise UsageError(f"point label must be 1 (foreground) or 0 (background), got {label}")
     return x, y, label
-
-
-def load_image(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError as e:
-        raise UsageError(f"image file {path} does not exist") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"{path} is not a readable image ({e}); re-export it as PNG/JPEG") from e
 
 
 def overlay(image, mask, box=None, points=()) -> Image.Image:
@@ -95,6 +87,7 @@ def main(argv=None) -> int:
         print("error: give a prompt: --box x0,y0,x1,y1 and/or --point x,y[,label]", file=sys.stderr)
         return 2
 
+    # Imported after parsing, so `--help` and usage errors answer without loading JAX and flax.
     from ..builder import build_sam, build_stable_sam
     from ..checkpoint import CheckpointError, read_meta
     from ..predictor import SamPredictor
@@ -121,7 +114,7 @@ def main(argv=None) -> int:
         # One click is ambiguous: let SAM propose three masks and keep the best scored one.
         multimask = args.box is None and len(args.point) == 1
         masks, scores, _ = predictor.predict(coords, labels, args.box, multimask_output=multimask)
-    except (UsageError, CheckpointError, ValueError) as e:
+    except (ImageReadError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     best = int(np.argmax(scores))

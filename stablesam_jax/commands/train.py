@@ -13,7 +13,10 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from ..data.folders import DataError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the export.")
@@ -23,23 +26,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from absl import logging as absl_logging
-
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file at INFO
-    from ..training import loop as train_lib  # after flag parsing: JAX starts here
+    from .. import training  # after flag parsing: JAX starts here
 
     config = _CONFIG.value
-    train_lib.initialize_distributed(config, auto_detect=True)
-    train_lib.configure_logging()
-    from ..data.folders import DataError
-
+    training.initialize_distributed(config, auto_detect=True)
+    training.configure_logging()
     try:
-        result = train_lib.train(config, _WORKDIR.value)
-    except train_lib.NonFiniteLossError as error:
+        result = training.train(config, _WORKDIR.value)
+    except training.NonFiniteLossError as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         sys.exit(3)
-    except (train_lib.ConfigError, DataError) as error:
+    except (training.ConfigError, DataError) as error:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
     print(f"exported {result['export_kind']} weights to {result['export']}", flush=True)

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..utils.io import ImageReadError
+from ..utils.io import load_image as decode_image
+
 MASK_THRESHOLD = 128  # HQ-SAM's convention: mask pixels > 128 are foreground.
 
 _HOW_TO_GET_DATA = (
@@ -176,6 +179,12 @@ def find_pairs(
     )
 
 
+_UNREADABLE_ADVICE = (
+    "The file is missing, corrupt or truncated: re-download or remove it (training can skip such "
+    "files with skip_corrupt=True)."
+)
+
+
 def _open_fully(path: Path, what: str) -> Image.Image:
     # PIL decodes lazily: without load() a truncated JPEG would only fail later, far from its path.
     try:
@@ -183,18 +192,15 @@ def _open_fully(path: Path, what: str) -> Image.Image:
         image.load()
         return image
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot read {what} {path}: {exc}. The file is missing, corrupt or truncated: "
-            "re-download or remove it (training can skip such files with skip_corrupt=True)."
-        ) from exc
+        raise DataError(f"cannot read {what} {path}: {exc}. {_UNREADABLE_ADVICE}") from exc
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 HxWx3 RGB (grayscale, palette and RGBA are converted)."""
-    image = _open_fully(Path(path), "image")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
+    """An image file as uint8 HxWx3 RGB (`utils.io.load_image`); `DataError` if unreadable."""
+    try:
+        return decode_image(path)
+    except ImageReadError as exc:
+        raise DataError(f"{exc}. {_UNREADABLE_ADVICE}") from exc
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:

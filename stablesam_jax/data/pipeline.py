@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from .folders import (
@@ -40,6 +41,7 @@ from .folders import (
     find_pairs,
     load_pair,
 )
+from .prompts import RTS_KINDS, occlude, sample_rts_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -249,8 +251,6 @@ class TrainTransform:
                 index = _other_index(rng, len(self.source), index)
 
     def _occlude(self, image, mask, input_hw, source_index, rng):
-        from .prompts import occlude
-
         other = _other_index(rng, len(self.source), source_index)
         try:
             occluder_image, occluder_mask = self._load(other, rng)
@@ -282,8 +282,6 @@ class TrainTransform:
         return image, mask, mode, 0
 
     def __call__(self, index: int, source_index: int) -> dict:
-        from .prompts import sample_rts_prompt
-
         config = self.config
         source_index = int(source_index)
         epoch = index // self.epoch_length
@@ -374,8 +372,6 @@ def make_train_dataset(
     if lsj_range is not None and not 0 < lsj_range[0] <= lsj_range[1]:
         raise ValueError(f"lsj_range must be (low, high) with 0 < low <= high, got {lsj_range}")
     if mixture is None:
-        from .prompts import RTS_KINDS
-
         mixture = {kind: 1.0 for kind in RTS_KINDS}
     config = TrainConfig(
         image_size=image_size,
@@ -408,8 +404,6 @@ def _mark_absl_flags_parsed() -> None:
     # Grain 0.2.18 reads an absl flag when worker processes start and JAX is importable; in a
     # script not run through absl.app that raises UnparsedFlagAccessError (google/grain#1355).
     # Marking flags parsed keeps every flag at its default, as Grain's own config handling does.
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 

@@ -1,8 +1,8 @@
-"""`python -m stablesam_jax.demo`: the demo command."""
+"""`python -m stablesam_jax.demo`: the demo command (`stablesam_jax.commands.demo`)."""
 
 import sys
 
-from stablesam_jax.demo import main
+from stablesam_jax.commands.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,23 +16,14 @@ import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data.prompts import mask_to_box, noisy_box
+from ..utils.io import load_image
 
 PredictFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def load_rgb(path: str) -> np.ndarray:
-    """Decode an image file to RGB uint8 [H, W, 3]; any failure names the file."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as err:
-        raise OSError(f"cannot read image {path!r}: {err}") from err
 
 
 def load_coco(annotation_file: str, verbose: bool = False) -> COCO:
@@ -94,7 +85,7 @@ def detections_for_coco(
     for index, image_id in enumerate(image_ids):
         info = coco_gt.loadImgs([image_id])[0]
         path = os.path.join(image_dir, info["file_name"])
-        image = load_rgb(path)
+        image = load_image(path)
         if image.shape[:2] != (info["height"], info["width"]):
             raise ValueError(
                 f"image {path!r} is {image.shape[1]}x{image.shape[0]} (WxH) but the annotations "

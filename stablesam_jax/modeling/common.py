@@ -19,6 +19,24 @@ class PluginParam(nnx.Param):
     """Stable-SAM plugin weights (DSP, DRP): the only weights the Stable-SAM recipe trains."""
 
 
+# Weight filters, `(path, value) -> bool` as `nnx.split` / `nnx.state` take them.
+
+
+def is_sam_weight(path, value) -> bool:
+    """SAM's own weights and buffers: what a "sam" checkpoint holds."""
+    return isinstance(value, Buffer | nnx.Param) and not isinstance(value, PluginParam)
+
+
+def is_sam_param(path, value) -> bool:
+    """SAM's learnable weights (buffers excluded): what SAM pretraining trains."""
+    return isinstance(value, nnx.Param) and not isinstance(value, PluginParam)
+
+
+def is_plugin_weight(path, value) -> bool:
+    """The Stable-SAM plugin weights: what a "plugins" checkpoint holds."""
+    return isinstance(value, PluginParam)
+
+
 def gelu(x: jax.Array) -> jax.Array:
     # torch.nn.GELU is the exact erf form; jax.nn.gelu defaults to the tanh approximation.
     return jax.nn.gelu(x, approximate=False)

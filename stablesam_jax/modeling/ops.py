@@ -7,6 +7,7 @@ comment; callers `vmap` them. None of them holds parameters.
 from __future__ import annotations
 
 import functools
+from typing import Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +120,7 @@ def attention_with_rel_pos(
         h, w = hw
         b, n = logits.shape[:2]
         logits = logits.reshape(b, n, h, w, h, w)
-        logits = logits + rel_h[..., :, None] + rel_w[..., None, :]
+        logits = logits + rel_h[..., :, None] + cast(jax.Array, rel_w)[..., None, :]
         logits = logits.reshape(b, n, h * w, h * w)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     return jnp.einsum("bnqk,bnkc->bnqc", weights, v, precision=prec)
@@ -245,9 +246,10 @@ def rel_pos_attention(
     if n != h * w:
         raise ValueError(f"{n} tokens do not form the {h}x{w} grid")
     prec = precision_for(q.dtype)
-    rel_h = rel_w = None
+    rel_h: jax.Array | None = None
+    rel_w: jax.Array | None = None
     if rel_pos_h is not None:
-        rh, rw = rel_pos_tables(rel_pos_h, rel_pos_w, hw, q.dtype)
+        rh, rw = rel_pos_tables(rel_pos_h, cast(jax.Array, rel_pos_w), hw, q.dtype)
         q_grid = q.reshape(b, h, w, n_heads, c)
         # [B, H, W, heads, key row] and [B, H, W, heads, key column]
         rel_h = jnp.einsum("byxnc,ykc->byxnk", q_grid, rh, precision=prec)
@@ -257,10 +259,11 @@ def rel_pos_attention(
         # whole [heads, N, N] weight matrix for the second product.
         qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
         if rel_h is not None:
-            rel_h, rel_w = rel_h.transpose(0, 3, 1, 2, 4), rel_w.transpose(0, 3, 1, 2, 4)
+            rel_h = rel_h.transpose(0, 3, 1, 2, 4)
+            rel_w = cast(jax.Array, rel_w).transpose(0, 3, 1, 2, 4)
         out = _chunked_bias_attention(qh, kh, vh, scale, rel_h, rel_w, hw, max_logits_bytes)
         return out.transpose(0, 2, 1, 3)
-    implementation = "cudnn" if backend == "cudnn_folded" else "xla"
+    implementation: Literal["xla", "cudnn"] = "cudnn" if backend == "cudnn_folded" else "xla"
     if rel_h is None:
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
     return _folded_attention_bnhc(
@@ -269,7 +272,7 @@ def rel_pos_attention(
         v,
         scale,
         rel_h.reshape(b, n, n_heads, h),
-        rel_w.reshape(b, n, n_heads, w),
+        cast(jax.Array, rel_w).reshape(b, n, n_heads, w),
         hw,
         implementation,
     )
@@ -352,7 +355,7 @@ def _folded_attention_bnhc(q, k, v, scale, rel_h, rel_w, hw, implementation):
     d = folded_head_dim(c, hw)
     key_rows = np.repeat(np.arange(h), w)  # row of each key, row-major token order
     key_cols = np.tile(np.arange(w), h)
-    key_ext = np.zeros((n, d - c), np.float32)
+    key_ext: np.ndarray | jax.Array = np.zeros((n, d - c), np.float32)
     key_ext[np.arange(n), key_rows] = 1.0
     key_ext[np.arange(n), h + key_cols] = 1.0
     key_ext = jnp.broadcast_to(jnp.asarray(key_ext, k.dtype)[None, :, None], (b, n, n_heads, d - c))

@@ -22,7 +22,7 @@ SAMPLE_SOURCES = ("raw", "projected")
 
 @dataclasses.dataclass(frozen=True)
 class PluginConfig:
-    """Where the paper is silent these are our choices (README, "Choices the paper leaves open").
+    """Where the paper is silent these are our choices (docs/design.md, "Stable-SAM as built").
 
     dsp_layers: two-way blocks whose token-to-image attention gets DSP (paper: the second).
     offset_scale: s_p in `dp = s_p * tanh(raw)`, in feature-map cells.

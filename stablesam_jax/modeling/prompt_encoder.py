@@ -10,6 +10,7 @@ Two entry points:
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -65,8 +66,8 @@ class PromptEncoder(nnx.Module):
         mask_in_chans: int = 16,
     ):
         self.embed_dim = embed_dim
-        self.input_image_size = tuple(input_image_size)
-        self.image_embedding_size = tuple(image_embedding_size)
+        self.input_image_size = cast(tuple[int, int], tuple(input_image_size))
+        self.image_embedding_size = cast(tuple[int, int], tuple(image_embedding_size))
         self.pe_layer = PositionEmbeddingRandom(embed_dim // 2, rngs=rngs)
         self.num_point_embeddings = 4  # negative point, positive point, box corner 1, corner 2
         self.point_embeddings = nnx.List(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,8 @@ def decode_prompts(
     Returns (low_res_logits [B, M, 256, 256], iou [B, M], intermediates), M as in
     `MaskDecoder.__call__`.
     """
-    points = None if point_coords is None else (point_coords, point_labels)
+    # point_labels comes with point_coords (the callers check).
+    points = None if point_coords is None else (point_coords, cast(jax.Array, point_labels))
     sparse, dense = prompt_encoder(points, boxes, mask_input)
     return mask_decoder(
         image_embeddings,
@@ -189,7 +190,7 @@ class Sam(nnx.Module):
         s = self.config.img_size
         masks = ops.resize_bilinear(masks, (s, s))
         masks = masks[..., : input_size[0], : input_size[1]]
-        return ops.resize_bilinear(masks, tuple(original_size))
+        return ops.resize_bilinear(masks, cast(tuple[int, int], tuple(original_size)))
 
     def decode(
         self,

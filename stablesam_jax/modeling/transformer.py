@@ -8,6 +8,7 @@ the computation is the official one, op for op.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +90,8 @@ class TwoWayAttentionBlock(nnx.Module):
         )
         self.skip_first_layer_pe = skip_first_layer_pe
         self.plugins = plugins
-        dsp = drp = None
+        dsp: DeformableSamplingPlugin | None = None
+        drp: DynamicRoutingPlugin | None = None
         if plugins:
             # A stream of their own: adding plugins must not change how SAM's weights initialize.
             plugin_rngs = nnx.Rngs(plugins.seed + 1000 * layer_index)
@@ -105,7 +107,8 @@ class TwoWayAttentionBlock(nnx.Module):
         h, w = hw
         x_p = keys.reshape(b, h, w, -1)
         pe = jnp.broadcast_to(key_pe, keys.shape).reshape(b, h, w, -1)
-        positions, sampled, sampled_pe = self.dsp(x_p, pe)
+        dsp = cast(DeformableSamplingPlugin, self.dsp)  # only called when there is one
+        positions, sampled, sampled_pe = dsp(x_p, pe)
         intermediates["dsp_positions"] = positions
         if self.drp is not None:
             # The single-mask output token (index 1) as it enters this attention.
@@ -133,7 +136,7 @@ class TwoWayAttentionBlock(nnx.Module):
         return_intermediates: bool = False,
     ):
         """queries [B, Nt, C] tokens, keys [B, H*W, C] image, pes alike; token_mask [B, Nt]."""
-        intermediates = {}
+        intermediates: dict[str, jax.Array] = {}
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries, key_mask=token_mask)
         else:

@@ -3,7 +3,8 @@
 No real SAM weights can be downloaded where this project is built, so the demo's frozen "SAM" is
 one this package trains itself (`train/configs/demo_pretrain.py`) and ships as `vit_demo_sam.npz`:
 every SAM weight under its dotted name, stored as float16 to keep the file small, plus a JSON
-`__meta__` entry saying how it was made. `python -m stablesam_jax.pretrained.export` writes it.
+`__meta__` entry saying how it was made. `python -m stablesam_jax.commands.export_pretrained`
+writes it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checkpoint as ckpt
+from ..builder import build_sam, save_sam
+from ..utils.io import atomic_write
+
 DEMO_MODEL_TYPE = "vit_demo"
 DEMO_SAM_FILE = Path(__file__).with_name("vit_demo_sam.npz")
 META_KEY = "__meta__"
 PRETRAIN_COMMAND = (
     "python -m stablesam_jax.train --config train/configs/demo_pretrain.py --workdir WORKDIR && "
-    "python -m stablesam_jax.pretrained.export --checkpoint WORKDIR/export/sam "
+    "python -m stablesam_jax.commands.export_pretrained --checkpoint WORKDIR/export/sam "
     "--out stablesam_jax/pretrained/vit_demo_sam.npz"
 )
 
@@ -61,18 +66,13 @@ def write_npz(
         stored[name] = value
     stored[META_KEY] = np.array(json.dumps({**meta, "stored_dtype": np.dtype(dtype).name}))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **stored)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **stored))
     return path
 
 
 def build_demo_sam(path: str | os.PathLike | None = None, *, plugin_config=None, seed: int = 0):
     """The pretrained demo SAM; with `plugin_config` (a `PluginConfig`) Stable-SAM with fresh
     plugins on top, which computes exactly what SAM computes until the plugins are trained."""
-    from .. import checkpoint as ckpt
-    from ..builder import build_sam
-
     path = DEMO_SAM_FILE if path is None else Path(path)
     flat, meta = read_npz(path)
     model_type = meta.get("model_type", DEMO_MODEL_TYPE)
@@ -84,6 +84,45 @@ def build_demo_sam(path: str | os.PathLike | None = None, *, plugin_config=None,
 def save_as_checkpoint(path: str | os.PathLike | None, directory: str | os.PathLike) -> str:
     """Writes the packaged weights as an Orbax "sam" checkpoint directory (what the trainer's
     `sam_checkpoint` and `build_sam(checkpoint=...)` read)."""
-    from ..builder import save_sam
-
     return save_sam(build_demo_sam(path), os.fspath(directory), force=True)
+
+
+def pack_checkpoint(checkpoint: str, out: str | os.PathLike, dtype: str = "float16") -> dict:
+    """Writes a trained "sam" checkpoint as a packaged weight file (`write_npz`), its metadata
+    naming the source and, where the trainer's workdir holds them, the training config and the
+    final training metrics; returns that metadata plus the file's size in "bytes"."""
+    flat, meta = ckpt.load(checkpoint)
+    if meta.get("kind") != "sam":
+        raise ckpt.CheckpointError(
+            f"{checkpoint} is a {meta.get('kind')!r} checkpoint; the demo needs plain SAM weights "
+            "(the export of a run with trainable='all' and with_plugins=False)"
+        )
+    workdir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+    info = {"kind": "sam", "model_type": meta.get("model_type"), "source": checkpoint}
+    info.update(_training_summary(workdir))
+    path = write_npz(out, flat, info, dtype=np.dtype(dtype))
+    info["bytes"] = os.path.getsize(path)
+    return info
+
+
+def _training_summary(workdir: str) -> dict:
+    """The run's config fields and its last 50 steps' mean IoU and loss, from its workdir."""
+    info = {}
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            config = json.load(f)
+        info["train_config"] = {
+            key: config.get(key) for key in ("model_type", "trainable", "batch_size", "seed")
+        }
+        info["train_config"]["num_scenes"] = config.get("data", {}).get("num_scenes")
+    metrics_path = os.path.join(workdir, "train_metrics.jsonl")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if rows:
+            last = rows[-50:]
+            info["train_steps"] = rows[-1]["step"]
+            info["final_train_iou"] = float(np.mean([r["train_iou"] for r in last]))
+            info["final_loss"] = float(np.mean([r["loss"] for r in last]))
+    return info

@@ -1,4 +1,5 @@
-"""Runs the artifacts written by `python -m stablesam_jax.export` with only jax, numpy and PIL.
+"""Runs the artifacts written by `python -m stablesam_jax.commands.export` with only jax, numpy
+and PIL.
 
 This module imports no flax and none of the model code: a serving process needs jax, numpy, PIL,
 the export directory and the package's numpy-only helpers (`constants`, `utils`).
@@ -19,9 +20,7 @@ to buckets so new counts rarely compile. A saved embedding also works with
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
-import hashlib
 import json
 import os
 
@@ -31,11 +30,40 @@ import numpy as np
 
 from ..constants import PAD_LABEL
 from ..utils.batching import DEFAULT_PROMPT_BUCKETS, bucket, pad_rows, round_up
+from ..utils.compilation_cache import enable_persistent_cache
+from ..utils.transforms import ResizeLongestSide
+from .embeddings import (
+    EMBEDDING_FORMAT,
+    EMBEDDING_FORMAT_VERSION,
+    Embedding,
+    ServingError,
+    load_embedding,
+    save_embedding,
+    weights_digest,
+)
+
+__all__ = [
+    "DECODER_FILE",
+    "DECODER_WEIGHTS_FILE",
+    "EMBEDDING_FORMAT",
+    "EMBEDDING_FORMAT_VERSION",
+    "ENCODER_FILE",
+    "ENCODER_WEIGHTS_FILE",
+    "EXPORT_FORMAT",
+    "EXPORT_FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "TRACE_COUNTS",
+    "Embedding",
+    "ExportedSam",
+    "ServingError",
+    "enable_persistent_cache",
+    "load_embedding",
+    "save_embedding",
+    "weights_digest",
+]
 
 EXPORT_FORMAT = "stablesam-jax-export"
 EXPORT_FORMAT_VERSION = 1
-EMBEDDING_FORMAT = "stablesam-jax-embedding"
-EMBEDDING_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.jaxexport"
 DECODER_FILE = "decoder.jaxexport"
@@ -46,130 +74,6 @@ DEFAULT_IMAGE_BUCKETS = (1, 2, 4, 8)
 SIZE_MULTIPLE = 64
 # Traces per wrapped program (a trace is a compile); tests use it to check bucket reuse.
 TRACE_COUNTS: collections.Counter = collections.Counter()
-
-
-class ServingError(ValueError):
-    """An export directory or saved embedding that cannot be used; the message says why."""
-
-
-# ----------------------------------------------------------------------------- embeddings
-
-
-@dataclasses.dataclass
-class Embedding:
-    """One encoded image: features [g, g, C] (channels last) and the sizes to map masks back."""
-
-    features: np.ndarray
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-    model_type: str = "unknown"
-    encoder_id: str = ""
-
-
-def weights_digest(weights: dict) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        a = np.ascontiguousarray(weights[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _features_digest(features: np.ndarray) -> str:
-    a = np.ascontiguousarray(features, np.float32)
-    return hashlib.sha256(f"{a.shape}|".encode() + a.tobytes()).hexdigest()
-
-
-def save_embedding(
-    path, embedding, *, model_type: str | None = None, encoder_id: str | None = None
-) -> str:
-    """Writes an embedding (this module's `Embedding` or the predictor's `ImageEmbedding`) to a
-    .npz with its sizes, model type, format version and a sha256 of the features."""
-    features = np.asarray(embedding.features, np.float32)
-    if features.ndim == 4 and features.shape[0] == 1:
-        features = features[0]
-    if features.ndim != 3:
-        raise ValueError(f"features must be [g, g, C] (channels last), got {features.shape}")
-    model_type = model_type or getattr(embedding, "model_type", None) or "unknown"
-    encoder_id = encoder_id if encoder_id is not None else getattr(embedding, "encoder_id", "")
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    tmp = path + ".tmp.npz"
-    np.savez(
-        tmp,
-        features=features,
-        original_size=np.asarray(embedding.original_size, np.int64),
-        input_size=np.asarray(embedding.input_size, np.int64),
-        model_type=np.asarray(model_type),
-        encoder_id=np.asarray(encoder_id),
-        format=np.asarray(EMBEDDING_FORMAT),
-        format_version=np.asarray(EMBEDDING_FORMAT_VERSION),
-        features_sha256=np.asarray(_features_digest(features)),
-    )
-    os.replace(tmp, path)
-    return path
-
-
-def load_embedding(path, *, expect_model_type: str | None = None) -> Embedding:
-    """Reads a saved embedding, checking its format, version and checksum."""
-    path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            fields = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise ServingError(f"{path} is not a readable embedding file ({e})") from e
-    if str(fields.get("format", "")) != EMBEDDING_FORMAT:
-        raise ServingError(f"{path} is not a stablesam-jax embedding (no format tag)")
-    version = int(fields["format_version"])
-    if version > EMBEDDING_FORMAT_VERSION:
-        raise ServingError(
-            f"{path} has embedding format version {version}; this reader knows up to "
-            f"{EMBEDDING_FORMAT_VERSION}: upgrade stablesam-jax"
-        )
-    features = fields["features"]
-    if _features_digest(features) != str(fields["features_sha256"]):
-        raise ServingError(
-            f"{path}: features do not match their checksum (file corrupted); recompute it"
-        )
-    model_type = str(fields["model_type"])
-    if expect_model_type is not None and model_type not in (expect_model_type, "unknown"):
-        raise ServingError(
-            f"{path} was computed by a {model_type} encoder; this decoder is {expect_model_type}"
-        )
-    return Embedding(
-        features=features,
-        original_size=tuple(int(v) for v in fields["original_size"]),
-        input_size=tuple(int(v) for v in fields["input_size"]),
-        model_type=model_type,
-        encoder_id=str(fields["encoder_id"]),
-    )
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
-    scale = long_side * 1.0 / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
-
-
-def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    """The official transform: PIL bilinear resize of uint8 HxWx3 to long side `long_side`."""
-    from PIL import Image
-
-    h, w = preprocess_shape(image.shape[0], image.shape[1], long_side)
-    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-
-def apply_coords(coords: np.ndarray, original_size, long_side: int) -> np.ndarray:
-    old_h, old_w = original_size
-    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
-    coords = np.array(coords, dtype=np.float64, copy=True)
-    coords[..., 0] *= new_w / old_w
-    coords[..., 1] *= new_h / old_h
-    return coords
 
 
 @functools.lru_cache(maxsize=64)
@@ -232,7 +136,7 @@ class ExportedSam:
         if not os.path.isfile(manifest_path):
             raise ServingError(
                 f"{self.directory} has no {MANIFEST_FILE}: export a model first with "
-                "python -m stablesam_jax.export --model-type ... --out DIR"
+                "python -m stablesam_jax.commands.export --model-type ... --out DIR"
             )
         with open(manifest_path) as f:
             self.manifest = json.load(f)
@@ -246,6 +150,7 @@ class ExportedSam:
         m = self.manifest
         self.model_type = m["model_type"]
         self.img_size = int(m["img_size"])
+        self.transform = ResizeLongestSide(self.img_size)
         self.low_res_size = int(m["low_res_size"])
         self.mask_threshold = float(m["mask_threshold"])
         self.encoder_id = m["encoder_id"]
@@ -314,7 +219,7 @@ class ExportedSam:
                 raise ValueError(f"images must be HxWx3 uint8, got {image.shape} {image.dtype}")
             if image_format != self.manifest["image_format"]:
                 image = image[..., ::-1]
-            resized = resize_longest_side(np.ascontiguousarray(image), s)
+            resized = self.transform.apply_image(np.ascontiguousarray(image))
             x[i, : resized.shape[0], : resized.shape[1]] = (resized.astype(np.float32) - mean) / std
             sizes.append((tuple(image.shape[:2]), tuple(resized.shape[:2])))
         features = np.asarray(self._encoder(self._encoder_weights, x))
@@ -375,14 +280,12 @@ class ExportedSam:
                     f"point_coords must be [n, p, 2] with point_labels [n, p]; got "
                     f"{coords.shape} and {labels.shape}"
                 )
-            coords = apply_coords(coords, original_size, self.img_size)
+            coords = self.transform.apply_coords(coords, original_size)
         box_in = np.zeros((n, 4), np.float64)
         box_valid = np.zeros((n,), bool)
         if boxes is not None:
             box_in = np.asarray(boxes, np.float64).reshape(-1, 4)
-            box_in = apply_coords(box_in.reshape(-1, 2, 2), original_size, self.img_size).reshape(
-                -1, 4
-            )
+            box_in = self.transform.apply_boxes(box_in, original_size)
             box_valid = np.ones((len(box_in),), bool)
         masks_in = np.zeros((n, low, low), np.float32)
         mask_valid = np.zeros((n,), bool)
@@ -442,14 +345,3 @@ class ExportedSam:
             return_logits,
         )
         return tuple(o[0] for o in out)
-
-
-def enable_persistent_cache(cache_dir: str) -> str:
-    """The persistent compilation cache with no minimum compile time or entry size (so the small
-    CPU programs are cached too). Call before the first compilation of the process."""
-    cache_dir = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
-    os.makedirs(cache_dir, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    return cache_dir

@@ -3,6 +3,10 @@
 The package's `__init__` imports torchvision only for image transforms and NMS; its `modeling`
 subpackage needs torch alone. We register the package without running its `__init__` and import
 `segment_anything.modeling` from it, or install a torchvision stand-in so the whole package works.
+`compare_with_official` checks a converted checkpoint against the official model.
+
+torch is imported inside the functions: it is optional (the `convert` and `dev` extras), and this
+module must import without it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,15 @@ import importlib
 import importlib.util
 import sys
 import types
+from functools import partial
+
+import numpy as np
+from PIL import Image
+
+from ..builder import build_sam
+from ..modeling.sam import SAM_VARIANTS
+from ..predictor import SamPredictor
+from ..utils.transforms import ResizeLongestSide
 
 
 def install_torchvision_stand_in() -> None:
@@ -24,9 +37,7 @@ def install_torchvision_stand_in() -> None:
         return
     except Exception:  # noqa: BLE001 - absent or broken: use the stand-in
         pass
-    import numpy as np
     import torch
-    from PIL import Image
 
     def to_pil_image(pic):
         return Image.fromarray(np.asarray(pic))
@@ -100,6 +111,9 @@ def import_official_modeling():
         raise OfficialSamUnavailable(
             "PyTorch is not installed: pip install 'stablesam-jax[dev]' (torch==2.13.0)"
         ) from e
+    # The official package imports torchvision for small helpers: without the stand-in, a bare
+    # package registered below would make a later `from segment_anything import X` fail.
+    install_torchvision_stand_in()
     if "segment_anything" not in sys.modules:
         try:  # the whole package when its torchvision import works (or a stand-in is installed)
             importlib.import_module("segment_anything")
@@ -122,8 +136,6 @@ def import_official_modeling():
 
 def build_official_sam(config):
     """The official torch `Sam` for one of our `SamConfig`s (same layout as `_build_sam`)."""
-    from functools import partial
-
     import torch
 
     modeling = import_official_modeling()
@@ -191,3 +203,45 @@ def randomize_(module, seed: int = 0, std: float = 0.05) -> None:
             if name.endswith("positional_encoding_gaussian_matrix"):
                 noise = torch.randn(tensor.shape, generator=g)
             tensor.copy_(noise)
+
+
+def _rel_max_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def compare_with_official(model_type: str, state_dict, checkpoint: str, seed: int = 0) -> dict:
+    """The official torch SAM holding `state_dict` vs our converted `checkpoint` on one generated
+    non-square image with a box prompt: the largest differences, relative to the official
+    values, of the image embedding, the low-res logits and the IoU predictions."""
+    import torch
+
+    config = SAM_VARIANTS[model_type]
+    torch_sam = build_official_sam(config)
+    torch_sam.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=False)
+    jax_sam = build_sam(model_type, checkpoint=checkpoint)
+    rng = np.random.default_rng(seed)
+    h, w = int(config.img_size * 0.75), config.img_size
+    image = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    transform = ResizeLongestSide(config.img_size)
+    box = np.array([w * 0.2, h * 0.25, w * 0.7, h * 0.8], np.float32)
+    record = {
+        "image": torch.as_tensor(transform.apply_image(image)).permute(2, 0, 1).float(),
+        "original_size": (h, w),
+        "boxes": torch.as_tensor(transform.apply_boxes(box, (h, w))).float()[None],
+    }
+    embeddings = []  # the official forward's image embedding, caught on its way to the decoder
+    hook = torch_sam.image_encoder.register_forward_hook(lambda m, i, o: embeddings.append(o))
+    with torch.no_grad():
+        (official,) = torch_sam([record], multimask_output=True)
+    hook.remove()
+    predictor = SamPredictor(jax_sam)
+    predictor.set_image(image)
+    _, j_iou, j_logits = predictor.predict(box=box, multimask_output=True)
+    return {
+        "embedding_rel_max_diff": _rel_max_diff(
+            embeddings[0].numpy(), predictor.get_image_embedding()
+        ),
+        "logits_rel_max_diff": _rel_max_diff(official["low_res_logits"][0].numpy(), j_logits),
+        "iou_rel_max_diff": _rel_max_diff(official["iou_predictions"][0].numpy(), j_iou),
+    }

@@ -4,6 +4,10 @@ writer built on the `tensorboard` package alone.
 clu 0.0.12 imports TensorFlow for its TensorBoard writer (`clu/metric_writers/__init__.py`), and
 TensorFlow is not a dependency of this project; the fallback writes the same event files (scalars
 and hyperparameters as text), which `tensorboard --logdir` reads.
+
+Both are imported only when a writer is made (inside the functions below): clu's writers fail to
+import without TensorFlow, and `tensorboard.summary` imports TensorFlow whenever it is installed,
+which costs seconds that a run with metrics disabled (every process but 0) should not pay.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
 - "prompt_tokens" (PT-SAM): the decoder's output tokens (IoU token and mask tokens) and the output
   MLP of the single-mask token used in training and evaluation (`output_hypernetworks_mlps.0`);
   141,088 weights against the paper's "0.13 M".
+- "all" (SAM pretraining, the demo): every SAM weight, encoder included, never the plugins.
 
 Everything outside the chosen subset is frozen: the trainer splits the model into (trainable,
 frozen) state with `nnx.split(model, TRAINABLE_SUBSETS[name], ...)` and differentiates only with
@@ -13,21 +14,13 @@ respect to the first part, so no gradient (and no optimizer state) exists for th
 
 from __future__ import annotations
 
-from flax import nnx
+from collections.abc import Callable
 
-from ..modeling.common import PluginParam
-
-
-def _is_sam_param(value) -> bool:
-    return isinstance(value, nnx.Param) and not isinstance(value, PluginParam)
-
-
-def plugins_filter(path, value) -> bool:
-    return isinstance(value, PluginParam)
+from ..modeling.common import is_plugin_weight, is_sam_param
 
 
 def decoder_filter(path, value) -> bool:
-    return _is_sam_param(value) and len(path) > 0 and path[0] == "mask_decoder"
+    return is_sam_param(path, value) and len(path) > 0 and path[0] == "mask_decoder"
 
 
 _PROMPT_TOKEN_PREFIXES = (
@@ -38,17 +31,21 @@ _PROMPT_TOKEN_PREFIXES = (
 
 
 def prompt_tokens_filter(path, value) -> bool:
-    return _is_sam_param(value) and any(tuple(path[: len(p)]) == p for p in _PROMPT_TOKEN_PREFIXES)
+    return is_sam_param(path, value) and any(
+        tuple(path[: len(p)]) == p for p in _PROMPT_TOKEN_PREFIXES
+    )
 
 
-TRAINABLE_SUBSETS = {
-    "plugins": plugins_filter,
+TRAINABLE_SUBSETS: dict[str, Callable] = {
+    "plugins": is_plugin_weight,
     "decoder": decoder_filter,
     "prompt_tokens": prompt_tokens_filter,
+    "all": is_sam_param,
 }
 
 
-def get_filter(name: str):
+def subset_filter(name: str) -> Callable:
+    """The filter of subset `name`; ValueError naming the choices for an unknown one."""
     if name not in TRAINABLE_SUBSETS:
         raise ValueError(
             f"unknown trainable subset {name!r}; choose from {sorted(TRAINABLE_SUBSETS)}"

@@ -19,6 +19,8 @@ from itertools import product
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pycocotools import mask as mask_utils
+from scipy import ndimage
 
 from ..modeling.ops import torch_linear_resize_matrix
 
@@ -38,6 +40,45 @@ def build_all_layer_point_grids(
     n_per_side: int, n_layers: int, scale_per_layer: int
 ) -> list[np.ndarray]:
     return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
+
+
+def layer_point_grids(
+    points_per_side: int | None,
+    point_grids: list[np.ndarray] | None,
+    crop_n_layers: int,
+    downscale_factor: int,
+) -> list[np.ndarray]:
+    """The generator's point grids: one normalized [N, 2] grid per crop layer, built from
+    `points_per_side` or checked if given; errors say what to fix."""
+    if (points_per_side is None) == (point_grids is None):
+        raise ValueError("give exactly one of points_per_side and point_grids")
+    if crop_n_layers < 0:
+        raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+    if points_per_side is not None:
+        if points_per_side < 1:
+            raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+        if downscale_factor < 1:
+            raise ValueError("crop_n_points_downscale_factor must be >= 1")
+        grids = build_all_layer_point_grids(points_per_side, crop_n_layers, downscale_factor)
+        if any(len(g) == 0 for g in grids):
+            raise ValueError(
+                f"points_per_side={points_per_side} downscaled by "
+                f"{downscale_factor} per layer leaves no points in layer "
+                f"{crop_n_layers}: use fewer crop layers or a smaller downscale factor"
+            )
+        return grids
+    grids = [np.asarray(g, np.float64) for g in point_grids]
+    if len(grids) < crop_n_layers + 1:
+        raise ValueError(
+            f"point_grids has {len(grids)} grids; crop_n_layers="
+            f"{crop_n_layers} needs one per layer ({crop_n_layers + 1})"
+        )
+    for i, g in enumerate(grids):
+        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
+            raise ValueError(f"point_grids[{i}] must be [N, 2] (N >= 1), got {g.shape}")
+        if not np.all((g >= 0) & (g <= 1)):
+            raise ValueError(f"point_grids[{i}] must be normalized to [0, 1]")
+    return grids
 
 
 def generate_crop_boxes(
@@ -69,10 +110,6 @@ def box_xyxy_to_xywh(box) -> list:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def upscale_matrices(
     low_res: int, img_size: int, input_size: tuple[int, int], out_size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +125,6 @@ def upscale_matrices(
         down = torch_linear_resize_matrix(input_size[axis], out_size[axis]).astype(np.float64)
         mats.append((down @ up).astype(np.float32))
     return mats[0], mats[1]
-
-
-def pad_rows(m: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows, *m.shape[1:]), m.dtype)
-    out[: m.shape[0]] = m
-    return out
 
 
 # ----------------------------------------------------------------------------- host: RLE
@@ -124,8 +155,6 @@ def area_from_rle(rle: dict) -> int:
 
 
 def coco_encode_rle(uncompressed_rle: dict) -> dict:
-    from pycocotools import mask as mask_utils
-
     h, w = uncompressed_rle["size"]
     rle = mask_utils.frPyObjects(uncompressed_rle, h, w)
     rle["counts"] = rle["counts"].decode("utf-8")  # JSON-serializable, as the official
@@ -140,8 +169,6 @@ def remove_small_regions(
 ) -> tuple[np.ndarray, bool]:
     """Fills holes ("holes") or drops islands ("islands") smaller than area_thresh pixels, with
     8-connectivity like the official cv2 version. Returns (mask, whether it changed)."""
-    from scipy import ndimage
-
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
     correct_holes = mode == "holes"

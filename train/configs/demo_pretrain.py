@@ -5,7 +5,7 @@ Stable-SAM plugins on top of it.
 
 The packaged float16 checkpoint the demo loads is stage 1's export:
   python -m stablesam_jax.train --config train/configs/demo_pretrain.py --workdir /tmp/pre1
-  python -m stablesam_jax.pretrained.export --checkpoint /tmp/pre1/export/sam \
+  python -m stablesam_jax.commands.export_pretrained --checkpoint /tmp/pre1/export/sam \
       --out stablesam_jax/pretrained/vit_demo_sam.npz
 Expected: 2,400 steps of 8 scenes, about 35 CPU-minutes on 2 cores; final train IoU about 0.46.
 From random weights the model first predicts empty masks for several hundred steps, then learns.
@@ -24,7 +24,7 @@ trains its plugins on seed 2, evaluates on seed 3 and chose its settings on seed
 share a scene), one random instance per scene, flip and a mild scale jitter.
 """
 
-from stablesam_jax.training.loop import default_config
+from stablesam_jax.training import default_config
 
 
 def get_config(arg: str | None = None):

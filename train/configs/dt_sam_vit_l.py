@@ -10,7 +10,7 @@ Expected result: `runs/dt_sam_l/export/sam`, a full SAM checkpoint (`build_sam("
 below Stable-SAM on every prompt type (it forgets more of SAM's behaviour on COCO).
 """
 
-from stablesam_jax.training.loop import paper_config
+from stablesam_jax.training import paper_config
 
 
 def get_config(arg: str | None = None):

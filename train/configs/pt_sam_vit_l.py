@@ -10,7 +10,7 @@ Expected result: `runs/pt_sam_l/export/sam`, a full SAM checkpoint; the paper re
 between SAM and Stable-SAM (prompt tuning alone cannot move where the decoder attends).
 """
 
-from stablesam_jax.training.loop import paper_config
+from stablesam_jax.training import paper_config
 
 
 def get_config(arg: str | None = None):

@@ -17,7 +17,7 @@ reports, on the four HQ datasets (DIS-VD, ThinObject-TE, COIFT, HR-SOD), mIoU / 
 no weights or data can be downloaded on the machines this project is built on.
 """
 
-from stablesam_jax.training.loop import paper_config
+from stablesam_jax.training import paper_config
 
 
 def get_config(arg: str | None = None):

@@ -11,7 +11,7 @@ Expected result: `runs/ssam_l_12ep/export/plugins`. The paper finds 1 epoch alre
 or slightly exceed the 1-epoch numbers of stable_sam_vit_l.py, not change the picture.
 """
 
-from stablesam_jax.training.loop import paper_config
+from stablesam_jax.training import paper_config
 
 
 def get_config(arg: str | None = None):

@@ -20,7 +20,7 @@ About 9-13 images/s after compilation, ~70 s wall in all; WORKDIR/export/sam loa
 `build_sam("vit_t", WORKDIR/export/sam)`.
 """
 
-from stablesam_jax.training.loop import default_config
+from stablesam_jax.training import default_config
 
 
 def get_config(arg: str | None = None):

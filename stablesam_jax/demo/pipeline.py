@@ -1,0 +1,209 @@
+"""The demo run: the frozen demo SAM, its Stable-SAM plugins trained with RTS, both evaluated on
+held-out generated scenes, the table, the figures and demo_info.json (`run`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import jax
+
+from .. import evaluation, pretrained, training
+from ..builder import build_sam, save_sam
+from .figure_model import make_figures
+from .settings import FULL, RESULT_KEYS, TRAIN_SCENE_SEED, DemoSettings
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def train_config(settings: DemoSettings, sam_checkpoint: str):
+    """The trainer config of the demo's Stable-SAM run (RTS, plugins only, one epoch)."""
+    config = training.default_config()
+    config.model_type = "vit_demo"
+    config.image_size = 256
+    config.with_plugins = True
+    config.trainable = "plugins"
+    config.sam_checkpoint = sam_checkpoint
+    config.plugins.offset_scale = settings.offset_scale
+    config.seed = settings.seed
+    config.batch_size = settings.batch_size
+    config.num_epochs = 1.0
+    config.optimizer.learning_rate = settings.learning_rate
+    config.data.source = "scenes"
+    config.data.num_scenes = settings.train_scenes
+    config.data.scene_seed = TRAIN_SCENE_SEED
+    config.data.scene_size = 256
+    config.data.mixture = dict(settings.mixture)
+    config.data.occlusion_prob = settings.occlusion_prob
+    config.data.use_lsj = settings.lsj_range is not None
+    if settings.lsj_range is not None:
+        config.data.lsj_range = tuple(settings.lsj_range)
+    config.data.read_threads = 2
+    config.loss.sampling = "dense"  # 64x64 logits: every pixel is cheaper than 12,544 points
+    config.log_every_steps = max(1, settings.train_steps // 16)
+    config.checkpoint_every_steps = 0  # only at the end: the run is short
+    config.keep_checkpoints = 1
+    config.export_on_save = True
+    return config
+
+
+def results_json(pooled: dict, prompt_types) -> dict:
+    """{"sam"|"stable_sam": {prompt type: {"miou", "mbiou", "msf"}}} from eval's pooled results."""
+    return {
+        key: {
+            t: {m: float(pooled[name][t][m]) for m in ("miou", "mbiou", "msf")}
+            for t in prompt_types
+        }
+        for name, key in RESULT_KEYS.items()
+    }
+
+
+def _load_sam(weights: str, work: Path):
+    """(SAM, its checkpoint directory for the trainer, where it came from) for a packaged .npz
+    or an Orbax "sam" checkpoint directory."""
+    if os.path.isdir(weights):
+        return build_sam(pretrained.DEMO_MODEL_TYPE, weights), weights, {"source": weights}
+    sam = pretrained.build_demo_sam(weights)
+    # The trainer reads SAM from a checkpoint directory.
+    sam_checkpoint = save_sam(sam, str(work / "sam"))
+    return sam, sam_checkpoint, pretrained.read_npz(weights)[1]
+
+
+def _train_plugins(settings: DemoSettings, sam_checkpoint: str, work: Path) -> dict:
+    """The trainer's result (with the trained Stable-SAM as "model") for the demo's RTS run."""
+    config = train_config(settings, os.path.abspath(sam_checkpoint))
+    _say(
+        f"[2/4] training the Stable-SAM plugins with RTS: {settings.train_scenes} generated "
+        f"scenes, batch {settings.batch_size}, {settings.train_steps} steps (one epoch), "
+        f"lr {settings.learning_rate:g}, offset scale s_p {settings.offset_scale:g}"
+    )
+    return training.train(config, str(work / "train"))
+
+
+def _drp_a1(pooled: dict, prompt_types) -> dict[str, float]:
+    """Stable-SAM's mean DRP routing weight a1 per prompt type (where the report has it)."""
+    return {
+        t: float(pooled["Stable-SAM"][t]["drp_a1"])
+        for t in prompt_types
+        if "drp_a1" in pooled["Stable-SAM"][t]
+    }
+
+
+def _evaluate(sam, stable_sam, settings: DemoSettings) -> dict:
+    """The evaluation report of both models on the held-out scenes."""
+    dataset = evaluation.DatasetSpec(
+        name="scenes", kind="scenes", num=settings.eval_scenes, seed=settings.eval_seed, size=256
+    )
+    return evaluation.evaluate_report(
+        {"SAM": sam, "Stable-SAM": stable_sam},
+        [dataset],
+        settings.prompt_types,
+        settings.num_prompts,
+        settings.seed,
+        keep_per_image=False,
+    )
+
+
+def _fresh_dirs(out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh run: the trainer would resume otherwise
+    work.mkdir()
+    return out_dir, work
+
+
+def run(
+    out_dir: str | os.PathLike,
+    settings: DemoSettings = FULL,
+    sam_weights: str | None = None,
+    *,
+    draw_figures: bool = True,
+):
+    """Runs the whole demo; returns demo_info (also written to DIR/demo_info.json)."""
+    started = time.perf_counter()
+    out_dir, work = _fresh_dirs(out_dir)
+    timings: dict[str, float] = {}
+    training.configure_logging()
+    _say(
+        f"Stable-SAM demo on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{os.cpu_count()} CPU cores; output in {out_dir}"
+    )
+
+    # 1. The frozen SAM.
+    tick = time.perf_counter()
+    weights = sam_weights or str(pretrained.DEMO_SAM_FILE)
+    sam, sam_checkpoint, sam_meta = _load_sam(weights, work)
+    timings["load_sam"] = time.perf_counter() - tick
+    _say(f"[1/4] SAM: {weights} ({sam.model_type})")
+
+    # 2. Stable-SAM: plugins trained with RTS on the frozen SAM.
+    tick = time.perf_counter()
+    trained = _train_plugins(settings, sam_checkpoint, work)
+    stable_sam = trained["model"]
+    timings["train_plugins"] = time.perf_counter() - tick
+
+    # 3. Evaluation on held-out scenes.
+    tick = time.perf_counter()
+    _say(
+        f"[3/4] evaluating SAM and Stable-SAM on {settings.eval_scenes} held-out scenes, "
+        f"{settings.num_prompts} prompts per image and prompt type"
+    )
+    report = _evaluate(sam, stable_sam, settings)
+    timings["evaluate"] = time.perf_counter() - tick
+    pooled = report["results"][evaluation.POOLED]
+    results = results_json(pooled, settings.prompt_types)
+    drp_a1 = _drp_a1(pooled, settings.prompt_types)
+    table = evaluation.format_table(report)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / "results.md").write_text(table)
+
+    # 4. Figures.
+    tick = time.perf_counter()
+    _say("[4/4] drawing the figures")
+    figure_paths = make_figures(out_dir, sam, stable_sam, settings, drp_a1) if draw_figures else {}
+    timings["figures"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+
+    info = {
+        "settings": dataclasses.asdict(settings),
+        "sam_weights": weights,
+        "sam_meta": sam_meta,
+        "train": {
+            "steps": trained["step"],
+            "final_metrics": trained["metrics"],
+            "images_per_second": trained["images_per_second"],
+            "plugins": trained["export"],
+        },
+        "drp_a1": drp_a1,
+        "num_eval_images": pooled["SAM"][settings.prompt_types[0]]["num_images"],
+        "figures": figure_paths,
+        "timings_seconds": timings,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "evaluation": report,
+    }
+    (out_dir / "demo_info.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    _say("")
+    _say(table)
+    _say(_summary(results, timings))
+    return info
+
+
+def _summary(results: dict, timings: dict) -> str:
+    lines = ["Stable-SAM minus SAM (mIoU / mBIoU / mSF points):"]
+    for prompt_type in results["sam"]:
+        deltas = [
+            results["stable_sam"][prompt_type][m] - results["sam"][prompt_type][m]
+            for m in ("miou", "mbiou", "msf")
+        ]
+        lines.append(f"  {prompt_type:13s} " + " / ".join(f"{d:+.1f}" for d in deltas))
+    lines.append(
+        "time: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
+    )
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""The optimizer and learning-rate schedule of `config.optimizer`."""
+
+from __future__ import annotations
+
+import optax
+
+
+def make_schedule(optimizer_config, epoch_steps: int) -> optax.Schedule:
+    """Constant lr (the paper), optional drops at given epochs (HQ-SAM's 12-epoch run), optional
+    linear warmup (pretraining)."""
+    base = optimizer_config.learning_rate
+    boundaries = {
+        int(epoch * epoch_steps): optimizer_config.lr_drop_factor
+        for epoch in optimizer_config.lr_drop_epochs
+    }
+    after_warmup = optax.piecewise_constant_schedule(base, boundaries)
+    warmup_steps = optimizer_config.warmup_steps
+    if warmup_steps <= 0:
+        return after_warmup
+    warmup = optax.linear_schedule(0.0, base, warmup_steps)
+    # join_schedules restarts the count at each boundary; the drops count from step 0.
+    return optax.join_schedules(
+        [warmup, lambda step: after_warmup(step + warmup_steps)], [warmup_steps]
+    )
+
+
+def make_optimizer(optimizer_config, schedule) -> optax.GradientTransformation:
+    """Adam (AdamW with weight decay > 0), after global-norm clipping when grad_clip_norm > 0."""
+    o = optimizer_config
+    if o.weight_decay > 0:
+        tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    else:
+        tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+    if o.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+    return tx
+
+
+def optimizer_kind(optimizer_config) -> str:
+    """The optimizer state's structure in a word ("adam", "adamw+clip", ...): a checkpoint's
+    optimizer state restores only into an optimizer of the same kind."""
+    o = optimizer_config
+    return ("adamw" if o.weight_decay > 0 else "adam") + ("+clip" if o.grad_clip_norm > 0 else "")
