@@ -239,6 +239,52 @@ def _shape(rng: np.random.Generator, kind: str, size: int, cy, cx, radius) -> np
     return _as_mask(canvas)
 
 
+def _place_object(rng, size: int, placed: list, background_colours) -> tuple:
+    """Where the next object goes and how it looks: (kind, cy, cx, radius, colour, texture).
+
+    Free-standing, beside an earlier object (a look-alike neighbour) or inside one (a part)."""
+    arrangement = (
+        "free" if not placed else rng.choice(("free", "beside", "inside"), p=(0.4, 0.4, 0.2))
+    )
+    kind = str(rng.choice(SHAPE_KINDS))
+    if arrangement == "free":
+        radius = size * rng.uniform(0.12, 0.3)
+        cy, cx = size * rng.uniform(0.2, 0.8, size=2)
+        colour = _contrasting_colour(rng, background_colours)
+        texture = str(rng.choice(TEXTURE_KINDS))
+    else:
+        anchor_cy, anchor_cx, anchor_r, anchor_colour, anchor_texture = placed[
+            int(rng.integers(len(placed)))
+        ]
+        # A look-alike neighbour: same texture family, nearby colour, so the boundary between
+        # the two is visible but subtle and one click is ambiguous between part and group.
+        texture = anchor_texture
+        colour = np.clip(anchor_colour + rng.uniform(-35, 35, size=3), 0, 255).astype(np.float32)
+        if arrangement == "beside":
+            radius = anchor_r * rng.uniform(0.6, 1.1)
+            angle = rng.uniform(0, 2 * np.pi)
+            reach = (anchor_r + radius) * rng.uniform(0.55, 0.9)
+            cy, cx = anchor_cy + reach * np.sin(angle), anchor_cx + reach * np.cos(angle)
+        else:
+            radius = anchor_r * rng.uniform(0.3, 0.5)
+            cy, cx = anchor_cy + anchor_r * rng.uniform(-0.3, 0.3, size=2)
+            kind = str(rng.choice(("ellipse", "polygon", "star", "crescent")))
+            if rng.random() < 0.5:
+                colour = _contrasting_colour(rng, [anchor_colour])
+    return kind, cy, cx, radius, colour, texture
+
+
+def _visible_parts(shapes: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Visible part = own pixels minus those of every object drawn later (in front)."""
+    visible: list[np.ndarray] = []
+    covered = np.zeros((size, size), dtype=bool)
+    for shape in reversed(shapes):
+        visible.append(shape & ~covered)
+        covered |= shape
+    visible.reverse()
+    return visible
+
+
 def generate_scene(seed: int | Sequence[int], size: int = 256, max_objects: int = 4) -> dict:
     """One synthetic scene.
 
@@ -259,36 +305,7 @@ def generate_scene(seed: int | Sequence[int], size: int = 256, max_objects: int 
         tuple[float, float, float, np.ndarray, str]
     ] = []  # cy, cx, radius, colour, texture
     for _ in range(num_objects):
-        arrangement = (
-            "free" if not placed else rng.choice(("free", "beside", "inside"), p=(0.4, 0.4, 0.2))
-        )
-        kind = str(rng.choice(SHAPE_KINDS))
-        if arrangement == "free":
-            radius = size * rng.uniform(0.12, 0.3)
-            cy, cx = size * rng.uniform(0.2, 0.8, size=2)
-            colour = _contrasting_colour(rng, background_colours)
-            texture = str(rng.choice(TEXTURE_KINDS))
-        else:
-            anchor_cy, anchor_cx, anchor_r, anchor_colour, anchor_texture = placed[
-                int(rng.integers(len(placed)))
-            ]
-            # A look-alike neighbour: same texture family, nearby colour, so the boundary between
-            # the two is visible but subtle and one click is ambiguous between part and group.
-            texture = anchor_texture
-            colour = np.clip(anchor_colour + rng.uniform(-35, 35, size=3), 0, 255).astype(
-                np.float32
-            )
-            if arrangement == "beside":
-                radius = anchor_r * rng.uniform(0.6, 1.1)
-                angle = rng.uniform(0, 2 * np.pi)
-                reach = (anchor_r + radius) * rng.uniform(0.55, 0.9)
-                cy, cx = anchor_cy + reach * np.sin(angle), anchor_cx + reach * np.cos(angle)
-            else:
-                radius = anchor_r * rng.uniform(0.3, 0.5)
-                cy, cx = anchor_cy + anchor_r * rng.uniform(-0.3, 0.3, size=2)
-                kind = str(rng.choice(("ellipse", "polygon", "star", "crescent")))
-                if rng.random() < 0.5:
-                    colour = _contrasting_colour(rng, [anchor_colour])
+        kind, cy, cx, radius, colour, texture = _place_object(rng, size, placed, background_colours)
         shape = _shape(rng, kind, size, cy, cx, radius)
         second = _contrasting_colour(rng, [colour]) if texture != "solid" else colour
         # Keep the texture's second colour close enough that the object still reads as one thing.
@@ -307,13 +324,7 @@ def generate_scene(seed: int | Sequence[int], size: int = 256, max_objects: int 
     image += (rng.random((size, size, 3), dtype=np.float32) - 0.5) * grain
     image = np.clip(image, 0, 255).astype(np.uint8)
 
-    # Visible part = own pixels minus those of every object drawn later (in front).
-    visible: list[np.ndarray] = []
-    covered = np.zeros((size, size), dtype=bool)
-    for shape in reversed(shapes):
-        visible.append(shape & ~covered)
-        covered |= shape
-    visible.reverse()
+    visible = _visible_parts(shapes, size)
     min_area = MIN_VISIBLE_FRACTION * size * size
     keep = [i for i, mask in enumerate(visible) if mask.sum() >= min_area]
     if not keep:
