@@ -4,7 +4,7 @@
         --output ckpt/sam_vit_b [--verify]
 
 Exits 0 only when every source key was used, every target weight filled and every shape equal;
-otherwise prints the missing/unexpected keys and mismatched shapes and exits 1. `--verify` runs
+otherwise prints the missing/unexpected keys and mismatched shapes and exits 2. `--verify` runs
 the official PyTorch model next to the converted one on a generated test image and prints the
 largest differences (needs `segment-anything` and torch: pip install 'stablesam-jax[dev]').
 """

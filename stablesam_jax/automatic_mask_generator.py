@@ -27,9 +27,10 @@ import numpy as np
 from flax import nnx
 
 from .modeling.sam import Sam
-from .predictor import SamPredictor, validate_image
+from .predictor import SamPredictor
 from .utils import amg
 from .utils.batching import pad_rows, round_up
+from .utils.validation import validate_image
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # How many times each compiled program has been traced (a trace is a compile): the tests use it
@@ -71,7 +72,8 @@ def _grid_candidates(
 ):
     """points [chunks, chunk, 2] in the model's input frame -> every candidate's low-res logits,
     predicted IoU, stability, box (crop frame) and NMS keep flag; candidate i is mask i % M of
-    point i // M (the official flatten order; M = 3 masks per point, or 1 without multimask)."""
+    point i // M (the official flatten order; M = 3 masks per point, or 1 without multimask
+    or with HQ-SAM)."""
     TRACE_COUNTS["grid_candidates"] += 1
     model = nnx.merge(graphdef, state)
     region = _region(ry, rx, crop_hw)
@@ -90,7 +92,8 @@ def _grid_candidates(
     low_res, iou, stability, boxes = jax.lax.map(chunk, points)
     low_res = low_res.reshape(-1, *low_res.shape[-2:])
     iou, stability, boxes = iou.reshape(-1), stability.reshape(-1), boxes.reshape(-1, 4)
-    valid = jnp.repeat(point_valid.reshape(-1), 3 if multimask_output else 1)
+    # Masks per point from the decoder: 3 or 1 for SAM, always 1 for HQ-SAM.
+    valid = jnp.repeat(point_valid.reshape(-1), iou.shape[0] // point_valid.size)
     # The official skips a filter whose threshold is <= 0, which also lets NaN scores through.
     valid &= (iou > settings["pred_iou_thresh"]) | ~settings["filter_iou"]
     valid &= (stability >= settings["stability_score_thresh"]) | ~settings["filter_stability"]
@@ -219,7 +222,7 @@ class SamAutomaticMaskGenerator:
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Masks for an HxWx3 uint8 image: a list of records with `segmentation`, `area`, `bbox`
         (XYWH), `predicted_iou`, `point_coords`, `stability_score` and `crop_box` (XYWH)."""
-        image = validate_image(image)
+        image = validate_image(image, self.model.img_size)
         data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(
@@ -331,7 +334,7 @@ class SamAutomaticMaskGenerator:
             "boxes": np.asarray(out["boxes"])[kept].astype(np.int64) + offset,
             "iou_preds": np.asarray(out["iou_preds"])[kept],
             "stability_score": np.asarray(out["stability_score"])[kept],
-            "points": np.repeat(points, 3 if self.multimask_output else 1, axis=0)[kept]
+            "points": np.repeat(points, len(out["iou_preds"]) // len(point_valid), axis=0)[kept]
             + offset[:2],
             "crop_boxes": np.tile(np.array(crop_box, np.int64), (len(kept), 1)),
         }

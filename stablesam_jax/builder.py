@@ -1,21 +1,54 @@
-"""Model construction: `build_sam`, `build_stable_sam` and the `sam_model_registry`."""
+"""Model construction: `build_sam`, `build_stable_sam` and the `sam_model_registry`.
+
+A checkpoint is a converted (Orbax) directory or an official PyTorch `.pth` file; a `.pth` is
+converted in memory with the completeness proof and cached (`convert.load_official`), so only
+its first load needs torch. With a checkpoint that fills every weight, the model is built
+abstractly (`nnx.eval_shape`) and filled, skipping the random initialization.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
+import jax
 from flax import nnx
 
 from . import checkpoint as ckpt
+from . import convert
 from .modeling.plugins import PluginConfig
 from .modeling.sam import SAM_VARIANTS, Sam
+
+# How a wrong model type is corrected, in the builder's words.
+_BUILDER_HINT = 'use sam_model_registry["{0}"] or build_sam("{0}", checkpoint=...)'
 
 
 def _config(model_type: str):
     if model_type not in SAM_VARIANTS:
-        raise ValueError(f"unknown model_type {model_type!r}; choose from {sorted(SAM_VARIANTS)}")
+        looks_like_file = str(model_type).endswith((".pth", ".pt")) or os.path.exists(model_type)
+        raise ValueError(
+            f"unknown model_type {model_type!r}; choose from {sorted(SAM_VARIANTS)}"
+            + (
+                ". The first argument is the model type: build_sam('vit_h', checkpoint=...) "
+                "(the official build_sam(checkpoint=...) is vit_h)"
+                if looks_like_file
+                else ""
+            )
+        )
     return SAM_VARIANTS[model_type]
+
+
+def _read_weights(checkpoint: str, model_type: str, abstract: Sam) -> tuple[dict, dict]:
+    """(flat weights, metadata) of a converted directory or an official .pth file."""
+    if os.path.isfile(checkpoint):
+        return convert.load_official(checkpoint, abstract, model_type, hint=_BUILDER_HINT)
+    return ckpt.load(checkpoint)
+
+
+def _is_filled(model: Sam) -> bool:
+    leaves = jax.tree_util.tree_leaves(nnx.state(model))
+    return not any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
 
 
 def _check_meta(meta: dict, directory: str, model_type: str, kinds: tuple[str, ...]) -> None:
@@ -45,32 +78,49 @@ def build_sam(
     plugin_config: PluginConfig | None = None,
     scan_blocks: bool = False,
 ) -> Sam:
-    """SAM of a registered size; random weights without `checkpoint`, else a converted directory.
+    """SAM of a registered size: random weights without `checkpoint`, else those of a converted
+    directory or of an official PyTorch .pth file (converted on the first load and cached beside
+    the file or in the user cache: `convert.load_official`; the first load needs torch).
 
     dtype: compute dtype (None = float32, the parity setting; jnp.bfloat16 for speed). Weights
     stay float32 either way. attention_impl: "reference" (the official op order) or a fast path
     ("fast" picks the best attention kernel for the device; see `image_encoder.ATTENTION_IMPLS`).
     scan_blocks: run the encoder blocks as `lax.scan` (same math; see `ImageEncoderViT`)."""
     config = _config(model_type)
-    model = Sam(
-        config,
-        rngs=nnx.Rngs(seed),
-        dtype=dtype,
-        attention_impl=attention_impl,
-        plugin_config=plugin_config,
-        model_type=model_type,
-        scan_blocks=scan_blocks,
-    )
-    if checkpoint is not None:
-        flat, meta = ckpt.load(checkpoint)
-        _check_meta(meta, checkpoint, model_type, ("sam", "stable_sam"))
-        sam_names = ckpt.weight_names(model, ckpt.is_sam_weight)
-        sam_flat = flat if meta["kind"] == "sam" else {k: flat[k] for k in flat if k in sam_names}
-        ckpt.load_flat_weights(model, sam_flat, ckpt.is_sam_weight, checkpoint)
-        if meta["kind"] == "stable_sam" and plugin_config is not None:
-            plugin_flat = {k: v for k, v in flat.items() if k not in sam_flat}
-            ckpt.load_flat_weights(model, plugin_flat, ckpt.is_plugin_weight, checkpoint)
+
+    def make() -> Sam:
+        return Sam(
+            config,
+            rngs=nnx.Rngs(seed),
+            dtype=dtype,
+            attention_impl=attention_impl,
+            plugin_config=plugin_config,
+            model_type=model_type,
+            scan_blocks=scan_blocks,
+        )
+
+    if checkpoint is None:
+        return make()
+    checkpoint = os.fspath(checkpoint)
+    model = nnx.eval_shape(make)
+    flat, meta = _read_weights(checkpoint, model_type, model)
+    _check_meta(meta, checkpoint, model_type, ("sam", "stable_sam"))
+    if plugin_config is not None and meta["kind"] != "stable_sam":
+        model = make()  # fresh plugins need their initializer; the SAM weights are replaced
+    _fill(model, flat, meta["kind"], checkpoint)
+    if not _is_filled(model):  # a variable that no checkpoint holds: initialize for real
+        model = make()
+        _fill(model, flat, meta["kind"], checkpoint)
     return model
+
+
+def _fill(model: Sam, flat: dict, kind: str, source: str) -> None:
+    sam_names = ckpt.weight_names(model, ckpt.is_sam_weight)
+    sam_flat = flat if kind == "sam" else {k: flat[k] for k in flat if k in sam_names}
+    ckpt.load_flat_weights(model, sam_flat, ckpt.is_sam_weight, source)
+    if kind == "stable_sam" and model.plugin_config is not None:
+        plugin_flat = {k: v for k, v in flat.items() if k not in sam_flat}
+        ckpt.load_flat_weights(model, plugin_flat, ckpt.is_plugin_weight, source)
 
 
 def build_stable_sam(
@@ -97,7 +147,7 @@ def build_stable_sam(
     if plugins is not None:
         plugin_meta = ckpt.read_meta(plugins)
         _check_meta(plugin_meta, plugins, model_type, ("plugins", "stable_sam"))
-    elif checkpoint is not None:
+    elif checkpoint is not None and not os.path.isfile(checkpoint):  # a .pth holds no plugins
         meta = ckpt.read_meta(checkpoint)
         if meta.get("kind") == "stable_sam":
             plugin_meta = meta
@@ -153,3 +203,7 @@ def save_merged(model: Sam, directory: str, *, force: bool = False) -> str:
 sam_model_registry = {name: functools.partial(build_sam, name) for name in SAM_VARIANTS} | {
     "default": functools.partial(build_sam, "vit_h")
 }
+# The official module's per-size builders (`build_sam_vit_h(checkpoint=...)`).
+build_sam_vit_h = sam_model_registry["vit_h"]
+build_sam_vit_l = sam_model_registry["vit_l"]
+build_sam_vit_b = sam_model_registry["vit_b"]

@@ -5,12 +5,19 @@ file can be read, diffed and grepped without this package. Three kinds of checkp
 "sam" (SAM weights only), "plugins" (Stable-SAM plugin weights only, about 330 KB) and
 "stable_sam" (both, the merged export). Orbax writes into a temporary directory and renames it
 when complete, so a crash never leaves a half-written checkpoint under the final name.
+
+Orbax stores no checksum, so `save` writes a sha256 digest of every array into the metadata
+("digests") and `load` checks every array against it: a damaged file raises CheckpointError
+naming the array, instead of loading a changed weight. Checkpoints written before digests load
+with one `UnverifiedCheckpointWarning`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -20,6 +27,7 @@ from flax import nnx
 # The weight filters live beside the variable types they test; imported here so that
 # `checkpoint.is_sam_weight` / `checkpoint.is_plugin_weight` keep working.
 from .modeling.common import is_plugin_weight, is_sam_weight
+from .utils.digest import DIGEST_ALGORITHM, array_digests
 
 FORMAT_VERSION = 1
 KINDS = ("sam", "plugins", "stable_sam")
@@ -27,6 +35,10 @@ KINDS = ("sam", "plugins", "stable_sam")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for the requested model; the message says why."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint written without array digests: it loads, but damage would go unnoticed."""
 
 
 def path_name(path) -> str:
@@ -73,7 +85,8 @@ def load_flat_weights(
     if missing or unexpected or mismatched:
         raise CheckpointError(describe_mismatch(source, missing, unexpected, mismatched))
     for name, var in targets.items():
-        var[...] = jax.numpy.asarray(flat[name], dtype=var[...].dtype)
+        # set_value, not `var[...] =`: it also fills a model built abstractly (nnx.eval_shape).
+        var.set_value(jax.numpy.asarray(flat[name], dtype=var.dtype))
 
 
 def load_into(model: nnx.Module, directory: str) -> None:
@@ -119,11 +132,18 @@ def describe_mismatch(source, missing, unexpected, mismatched, limit: int = 12) 
 
 
 def save(directory: str, flat: dict[str, np.ndarray], meta: dict, *, force: bool = False) -> str:
-    """Writes an Orbax checkpoint directory atomically; refuses to overwrite unless `force`."""
+    """Writes an Orbax checkpoint directory atomically, with a sha256 digest of every array in
+    its metadata; refuses to overwrite unless `force`."""
     if meta.get("kind") not in KINDS:
         raise ValueError(f"meta['kind'] must be one of {KINDS}")
     directory = os.path.abspath(directory)
-    meta = {"format_version": FORMAT_VERSION, **meta}
+    flat = {k: np.asarray(v) for k, v in flat.items()}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "digest_algorithm": DIGEST_ALGORITHM,
+        "digests": array_digests(flat),
+    }
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(
             directory,
@@ -152,26 +172,158 @@ def read_meta(directory: str) -> dict:
 
 
 def load(directory: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Returns (flat weights as numpy arrays, metadata)."""
+    """Returns (flat weights as numpy arrays, metadata), every array checked against the digest
+    stored with it (`verify_digests`)."""
     meta = read_meta(directory)
     directory = os.path.abspath(directory)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        try:
-            restored = ckptr.restore(
-                directory, args=ocp.args.Composite(weights=ocp.args.StandardRestore())
-            )
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{directory}: weights could not be read ({e})") from e
-    flat = {k: np.asarray(v) for k, v in restored["weights"].items()}
+    advice = repair_advice(directory, meta)
+    try:
+        weights = restore_item(directory, "weights")
+    except Exception as e:  # noqa: BLE001 - tensorstore raises several types
+        raise CheckpointError(
+            f"{directory}: weights could not be read ({read_error(e)}); the checkpoint is "
+            f"damaged or incomplete. {advice}"
+        ) from e
+    flat = {k: np.asarray(v) for k, v in weights.items()}
+    verify_digests(flat, meta.get("digests"), directory, advice)
     return flat, meta
+
+
+def read_error(error: BaseException) -> str:
+    """The first line of the innermost cause: tensorstore's own message ("OUT_OF_RANGE: Error
+    reading ... in OCDBT database at ..."), not Orbax's wrapper with its spec dump."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def repair_advice(directory: str, meta: Mapping) -> str:
+    """What to do about a damaged checkpoint: re-convert a converted one, else rewrite or copy."""
+    if meta.get("source"):
+        return (
+            f"Re-convert it from {meta['source']}: python convert/torch_to_flax.py --model-type "
+            f"{meta.get('model_type', 'MODEL_TYPE')} --checkpoint {meta['source']} --output "
+            f"{directory} --force (or download / copy it again)."
+        )
+    return (
+        "Write it again (save_sam / save_plugins / save_merged, or the training run's export) "
+        "or download / copy it again from where it came from."
+    )
+
+
+def verify_digests(
+    flat: Mapping[str, np.ndarray], digests: Mapping[str, str] | None, source: str, advice: str
+) -> None:
+    """Raises CheckpointError naming `source` and the first array whose sha256 differs from the
+    digest written with it (or the arrays without one); warns once when there are no digests."""
+    if digests is None:
+        warnings.warn(
+            f"{source} holds no array digests (written by an older stablesam-jax), so damage to "
+            "it cannot be detected; save it again to add them.",
+            UnverifiedCheckpointWarning,
+            stacklevel=3,
+        )
+        return
+    if set(flat) != set(digests):
+        odd = sorted(set(flat) ^ set(digests))
+        raise CheckpointError(
+            f"{source}: the stored digests and the arrays disagree about {len(odd)} names "
+            f"({', '.join(odd[:5])}): the checkpoint is damaged or was edited. {advice}"
+        )
+    bad = [k for k, v in array_digests(flat).items() if v != digests[k]]
+    if bad:
+        also = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{source}: array {bad[0]!r}{also} does not match the {DIGEST_ALGORITHM} digest "
+            f"written with it: the file is damaged (a changed byte on disk or in a copy), so "
+            f"nothing was loaded. {advice}"
+        )
+
+
+class _SettledReads(ocp.type_handlers.TypeHandler):
+    """An Orbax type handler that reads each array on its own and waits for every read before
+    raising the first error.
+
+    Orbax reads a checkpoint's arrays in one `asyncio.gather` on an event loop that it closes when
+    the restore returns. When one read fails (a damaged file), that gather raises at once while
+    tensorstore's other reads are still in flight; each of them later completes into the closed
+    loop and prints an "Event loop is closed" traceback from a tensorstore thread. Gathering with
+    `return_exceptions=True` leaves no read pending when the error propagates."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        # Orbax reads handler internals (e.g. the array metadata store) by attribute.
+        if name == "_inner":  # not set yet (a copy in the making): no recursion
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def typestr(self):
+        return self._inner.typestr()
+
+    async def metadata(self, infos):
+        return await self._inner.metadata(infos)
+
+    async def serialize(self, values, infos, args=None):
+        return await self._inner.serialize(values, infos, args)
+
+    def finalize(self, directory):
+        return self._inner.finalize(directory)
+
+    async def deserialize(self, infos, args=None):
+        args = [None] * len(infos) if args is None else list(args)
+        results = await asyncio.gather(
+            *[
+                self._inner.deserialize([info], None if arg is None else [arg])
+                for info, arg in zip(infos, args)
+            ],
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [result[0] for result in results]
+
+
+def settled_type_handlers():
+    """Orbax's standard type handlers, each reading through `_SettledReads`."""
+    types = (int, float, bytes, np.number, np.ndarray, jax.Array, str)
+    return ocp.type_handlers.create_type_handler_registry(
+        *[(t, _SettledReads(ocp.type_handlers.get_type_handler(t))) for t in types]
+    )
+
+
+def restore_item(directory: str, name: str, abstract=None):
+    """One pytree item (written by `StandardSave`) of an Orbax checkpoint directory, read through
+    `settled_type_handlers` so that a failed read raises with no read left pending. `abstract`
+    (a pytree of `jax.ShapeDtypeStruct` with shardings) restores into those shapes and
+    shardings; without it the arrays come back as they were saved."""
+    registry = settled_type_handlers()
+    handler = ocp.CompositeCheckpointHandler(
+        **{name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry)}
+    )
+    if abstract is None:
+        args = ocp.args.PyTreeRestore()
+    else:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        args = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args)
+    with ocp.Checkpointer(handler) as ckptr:
+        return ckptr.restore(directory, args=ocp.args.Composite(**{name: args}))[name]
 
 
 def _check_directory(directory: str) -> None:
     if not os.path.exists(directory):
         raise CheckpointError(f"checkpoint {directory} does not exist")
     if not os.path.isdir(directory):
+        name = os.path.basename(directory)
+        # The official files are named sam_vit_h_*.pth etc.; the builder reads the real sizes.
+        model_type = next((t for t in ("vit_h", "vit_l", "vit_b") if t in name), "MODEL_TYPE")
         raise CheckpointError(
             f"{directory} is a file, not a converted checkpoint directory. If it is an official "
-            "PyTorch .pth file, convert it first: python convert/torch_to_flax.py --model-type "
-            f"vit_b --checkpoint {directory} --output ckpt/sam_vit_b"
+            f"PyTorch .pth file, build_sam({model_type!r}, checkpoint=...) and "
+            "sam_model_registry read it directly (converted once, then cached), or convert it: "
+            f"python convert/torch_to_flax.py --model-type {model_type} --checkpoint "
+            f"{directory} --output ckpt/sam_{model_type}"
         )

@@ -17,69 +17,23 @@ from flax import nnx
 from .constants import PIXEL_MEAN, PIXEL_STD
 from .modeling import ops
 from .modeling.sam import Sam
+from .utils import torch_compat
 from .utils.batching import DEFAULT_PROMPT_BUCKETS, bucket, pad_rows
+from .utils.chunking import plan_decode, run_in_chunks
 from .utils.embedding import ImageEmbedding
 from .utils.transforms import ResizeLongestSide
-
-
-def validate_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"image must be an HxWx3 array, got shape {image.shape}"
-            + (" (convert grayscale/RGBA to RGB first)" if image.ndim in (2, 3) else "")
-        )
-    if image.dtype != np.uint8:
-        raise ValueError(
-            f"image must be uint8 (0-255) like the official predictor, got {image.dtype}; "
-            "use (image * 255).round().astype(np.uint8) for images in [0, 1]"
-        )
-    if min(image.shape[:2]) < 1:
-        raise ValueError(f"image has an empty side: shape {image.shape}")
-    return image
-
-
-def validate_prompts(point_coords, point_labels, boxes, original_size) -> None:
-    """Clear errors for prompts that cannot mean what the caller wants."""
-    h, w = original_size
-    if point_coords is not None:
-        if point_labels is None:
-            raise ValueError("point_labels must be given with point_coords")
-        coords = np.asarray(point_coords, dtype=np.float64)
-        if coords.shape[-1] != 2 or coords.shape[:-1] != np.shape(point_labels):
-            raise ValueError(
-                f"point_coords {coords.shape} must be [..., N, 2] with point_labels [..., N], "
-                f"got point_labels {np.shape(point_labels)}"
-            )
-        bad = (
-            ~np.isfinite(coords).all(-1)
-            | (coords[..., 0] < 0)
-            | (coords[..., 0] > w)
-            | (coords[..., 1] < 0)
-            | (coords[..., 1] > h)
-        )
-        if bad.any():
-            raise ValueError(
-                f"point {coords[bad][0].tolist()} lies outside the {w}x{h} (WxH) image; points "
-                "are (x, y) pixel coordinates in the original image"
-            )
-    if boxes is not None:
-        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        for box in b:
-            x0, y0, x1, y1 = box
-            if not np.isfinite(box).all() or x0 > x1 or y0 > y1:
-                raise ValueError(
-                    f"box {box.tolist()} is not (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1"
-                )
-            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-                raise ValueError(
-                    f"box {box.tolist()} lies outside the {w}x{h} (WxH) image; clip it with "
-                    f"np.clip(box, 0, [{w}, {h}, {w}, {h}]) or fix its coordinates"
-                )
+from .utils.validation import (
+    single_prompt,
+    validate_embedding,
+    validate_image,
+    validate_prompts,
+)
 
 
 @functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=("multimask_output", "return_intermediates")
+    jax.jit,
+    static_argnums=(0,),
+    static_argnames=("multimask_output", "return_intermediates", "hq_token_only"),
 )
 def _decode(
     graphdef,
@@ -92,6 +46,7 @@ def _decode(
     *,
     multimask_output,
     return_intermediates,
+    hq_token_only=False,
 ):
     model = nnx.merge(graphdef, state)
     return model.decode(
@@ -102,6 +57,7 @@ def _decode(
         mask_input,
         multimask_output=multimask_output,
         return_intermediates=return_intermediates,
+        hq_token_only=hq_token_only,
     )
 
 
@@ -134,7 +90,7 @@ class SamPredictor:
     def _prepare(self, image: np.ndarray, image_format: str) -> np.ndarray:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        image = validate_image(image)
+        image = validate_image(image, self.model.img_size)
         if image_format != self.model.image_format:
             image = image[..., ::-1]
         return self.transform.apply_image(np.ascontiguousarray(image))
@@ -169,17 +125,31 @@ class SamPredictor:
         )
 
     def set_embedding(self, embedding: ImageEmbedding) -> None:
-        """Uses a precomputed (or saved and reloaded) embedding instead of running the encoder."""
+        """Uses a precomputed (or saved and reloaded) embedding instead of running the encoder.
+        One made by another model (type or size) is refused with a message."""
+        config = self.model.config
+        grid = config.image_embedding_size
+        validate_embedding(
+            embedding,
+            model_type=self.model.model_type,
+            feature_shape=(grid, grid, config.embedding_channels),
+            img_size=self.model.img_size,
+        )
+        features = embedding.features
+        if getattr(embedding, "index", None) is not None:
+            features = features[embedding.index]
         self.reset_image()
-        self.features = jnp.asarray(embedding.features)
+        self.features = jnp.asarray(features).reshape(grid, grid, config.embedding_channels)
         self.original_size = tuple(int(v) for v in embedding.original_size)
         self.input_size = tuple(int(v) for v in embedding.input_size)
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
-        """[1, C, H', W'] like the official predictor (channels first)."""
+        """[1, C, H', W'] like the official predictor (channels first). HQ-SAM's early encoder
+        features (the official predictor's `interm_features`) are left out."""
         self._require_image()
-        return np.asarray(self.features).transpose(2, 0, 1)[None]
+        c = self.model.config.prompt_embed_dim
+        return np.asarray(self.features)[..., :c].transpose(2, 0, 1)[None]
 
     def reset_image(self) -> None:
         self.is_image_set = False
@@ -202,21 +172,21 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         return_intermediates: bool = False,
+        hq_token_only: bool = False,
     ):
         """One prompt, original-image coordinates. Returns (masks [C, H, W], iou_predictions
         [C], low_res_masks [C, 256, 256]) as numpy, plus a dict of named intermediates (DRP
-        weights, DSP sampling positions, token-to-image attention) when asked."""
+        weights, DSP sampling positions, token-to-image attention) when asked.
+
+        HQ-SAM models return one mask (C = 1) either way, as the official HQ predictor;
+        `hq_token_only=True` returns the HQ token's mask alone (SAM models refuse it)."""
         self._require_image()
         out = self.predict_batch(
-            None if point_coords is None else np.asarray(point_coords)[None],
-            None if point_labels is None else np.asarray(point_labels)[None],
-            None if box is None else np.asarray(box).reshape(1, 4),
-            None
-            if mask_input is None
-            else np.asarray(mask_input).reshape(1, *np.shape(mask_input)[-2:]),
+            *single_prompt(point_coords, point_labels, box, mask_input),
             multimask_output=multimask_output,
             return_logits=return_logits,
             return_intermediates=return_intermediates,
+            hq_token_only=hq_token_only,
         )
         first = tuple(o[0] for o in out[:3])
         if return_intermediates:
@@ -232,31 +202,40 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         return_intermediates: bool = False,
+        hq_token_only: bool = False,
     ):
         """Many prompts on the current image in one call (the official `predict_torch` role):
         point_coords [B, N, 2], point_labels [B, N], boxes [B, 4], mask_input [B, 256, 256], in
         original-image coordinates. Returns masks [B, C, H, W], iou [B, C], low-res [B, C, 256,
         256]. B is padded to a bucket size so new prompt counts rarely recompile."""
         self._require_image()
-        validate_prompts(point_coords, point_labels, boxes, self.original_size)
-        coords = labels = box_in = masks_in = None
-        if point_coords is not None:
-            coords = self.transform.apply_coords(np.asarray(point_coords), self.original_size)
+        prompts = validate_prompts(
+            point_coords,
+            point_labels,
+            boxes,
+            self.original_size,
+            mask_input,
+            mask_size=tuple(self.model.prompt_encoder.mask_input_size),
+        )
+        coords = labels = box_in = None
+        if prompts.point_coords is not None:
+            coords = self.transform.apply_coords(prompts.point_coords, self.original_size)
             coords = coords.astype(np.float32)
-            labels = np.asarray(point_labels, np.int32)
-        if boxes is not None:
-            box_in = self.transform.apply_boxes(np.asarray(boxes), self.original_size)
+            labels = prompts.point_labels
+        if prompts.boxes is not None:
+            box_in = self.transform.apply_boxes(prompts.boxes, self.original_size)
             box_in = box_in.astype(np.float32)
-        if mask_input is not None:
-            masks_in = np.asarray(mask_input, np.float32)
-            want = tuple(self.model.prompt_encoder.mask_input_size)
-            if masks_in.shape[-2:] != want:
-                raise ValueError(
-                    f"mask_input must be low-res logits of size {want} (e.g. the third output "
-                    f"of a previous predict call), got shape {masks_in.shape}"
-                )
-            masks_in = masks_in.reshape(-1, *masks_in.shape[-2:])
-        n = next(x.shape[0] for x in (coords, box_in, masks_in, np.zeros((1,))) if x is not None)
+        masks_in, n = prompts.mask_input, prompts.count
+        chunk = self._chunk_rows(n, multimask_output, return_logits, return_intermediates)
+        if chunk < n:  # too big for the device: bucket-sized calls, one compile
+            options = dict(
+                multimask_output=multimask_output,
+                return_logits=return_logits,
+                return_intermediates=return_intermediates,
+                hq_token_only=hq_token_only,
+            )
+            inputs = [prompts.point_coords, prompts.point_labels, prompts.boxes, masks_in]
+            return run_in_chunks(self.predict_batch, n, chunk, inputs, **options)
         rows = bucket(n, self.prompt_buckets)
         coords, labels, box_in, masks_in = (
             pad_rows(x, rows) for x in (coords, labels, box_in, masks_in)
@@ -271,6 +250,7 @@ class SamPredictor:
             masks_in,
             multimask_output=multimask_output,
             return_intermediates=return_intermediates,
+            hq_token_only=hq_token_only,
         )
         masks = _postprocess(self.model.img_size, low_res, self.input_size, self.original_size)
         if not return_logits:
@@ -279,6 +259,71 @@ class SamPredictor:
         if return_intermediates:
             return (*result, {k: np.asarray(v)[:n] for k, v in inter.items()})
         return result
+
+    def _chunk_rows(self, n: int, multimask: bool, logits: bool, intermediates: bool) -> int:
+        """Prompts per decode call (`utils.chunking.plan_decode`): all n unless they would not
+        fit the device; MemoryError, before anything runs, when their outputs do not fit the host.
+        `_postprocess` holds (m + 2) s^2 floats (measured) and the masks per prompt."""
+        cfg, (h, w), features = self.model.config, self.original_size, self.features
+        g, c, s = cfg.image_embedding_size, cfg.prompt_embed_dim, cfg.img_size
+        m = self.model.mask_decoder.num_multimask_outputs if multimask else 1
+        return plan_decode(
+            n,
+            grid=g,
+            channels=c,
+            plugins=self.model.plugin_config is not None,
+            masks=m,
+            original_size=(h, w),
+            upsample_bytes=4 * (m + 2) * s * s + 5 * m * h * w,
+            logits=logits,
+            buckets=self.prompt_buckets,
+            device=None if features is None else next(iter(features.devices())),
+            # Token-to-image attention and the plugins' sampling maps.
+            extra_bytes=4 * g * g * c if intermediates else 0,
+        )
+
+    # ------------------------------------------------------------ the official torch surface
+
+    @property
+    def device(self) -> Any:
+        """The model's device (`Sam.device`): a `torch.device` once the program imported torch,
+        else the `jax.Device`."""
+        return self.model.device
+
+    def predict_torch(
+        self,
+        point_coords: Any,
+        point_labels: Any,
+        boxes: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        hq_token_only: bool = False,
+    ):
+        """The official `predict_torch`: prompts already in the model's input frame (from
+        `transform.apply_coords_torch` / `apply_boxes_torch`), point_coords [B, N, 2],
+        point_labels [B, N], boxes [B, 4], mask_input [B, 1, 256, 256], as torch tensors or
+        arrays. Returns torch tensors on `self.device`: masks [B, C, H, W], iou_predictions [B,
+        C], low-res logits [B, C, 256, 256].
+
+        Runs through `predict_batch`, with the prompts mapped back to original-image pixels
+        (exactly: the decoder sees the same float32 coordinates), so it shares its checks,
+        bucketing and chunking; a refused prompt is named in original-image pixels."""
+        self._require_image()
+        size, to_numpy = self.original_size, torch_compat.to_numpy
+        coords = None if point_coords is None else to_numpy(point_coords)
+        box = None if boxes is None else to_numpy(boxes)
+        masks, iou, low_res = self.predict_batch(
+            None if coords is None else self.transform.restore_coords(coords, size),
+            None if point_labels is None else to_numpy(point_labels),
+            None if box is None else self.transform.restore_boxes(box, size),
+            None if mask_input is None else to_numpy(mask_input),
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+            hq_token_only=hq_token_only,
+        )
+        device = torch_compat.torch_device(torch_compat.device_of(self._state))
+        return tuple(torch_compat.to_torch(x, device) for x in (masks, iou, low_res))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

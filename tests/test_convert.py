@@ -93,7 +93,7 @@ def test_cli_converts_and_verifies(repo_root, tiny_checkpoint, tmp_path):
     assert len(diffs) == 3 and max(diffs) < 1e-4
     # An existing output is not overwritten silently.
     r = run_cli(repo_root, "--model-type", "vit_t", "--checkpoint", pth, "--output", str(out))
-    assert r.returncode == 1 and "pass --force" in r.stderr
+    assert r.returncode == 2 and "pass --force" in r.stderr
 
 
 def test_cli_accepts_nested_state_dicts(repo_root, tiny_checkpoint, tmp_path):
@@ -118,7 +118,7 @@ def test_cli_wrong_model_type(repo_root, tiny_checkpoint, tmp_path):
     r = run_cli(
         repo_root, "--model-type", "vit_demo", "--checkpoint", pth, "--output", str(tmp_path / "x")
     )
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "missing keys: image_encoder.blocks.2." in r.stderr
     assert (
         "image_encoder.patch_embed.proj.weight: checkpoint (64, 3, 16, 16) vs expected "
@@ -134,7 +134,7 @@ def test_cli_truncated_file(repo_root, tiny_checkpoint, tmp_path):
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
     r = convert_vit_t(repo_root, path, tmp_path / "x")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "truncated or corrupt" in r.stderr and str(path) in r.stderr
 
 
@@ -142,10 +142,10 @@ def test_cli_not_a_checkpoint(repo_root, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("these are not weights\n")
     r = convert_vit_t(repo_root, path, tmp_path / "x")
-    assert r.returncode == 1 and str(path) in r.stderr
+    assert r.returncode == 2 and str(path) in r.stderr
     assert "truncated or corrupt" in r.stderr or "not a PyTorch checkpoint" in r.stderr
     r = convert_vit_t(repo_root, tmp_path / "missing.pth", tmp_path / "x")
-    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 def test_cli_missing_and_extra_keys(repo_root, tiny_checkpoint, tmp_path):
@@ -156,15 +156,16 @@ def test_cli_missing_and_extra_keys(repo_root, tiny_checkpoint, tmp_path):
     path = tmp_path / "edited.pth"
     torch.save(sd, path)
     r = convert_vit_t(repo_root, path, tmp_path / "x")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "1 missing keys: mask_decoder.iou_token.weight" in r.stderr
     assert "1 unexpected keys: mask_decoder.hq_token.weight" in r.stderr
 
 
 def test_build_sam_rejects_wrong_checkpoints(tmp_path, tiny_checkpoint, repo_root):
     pth, _ = tiny_checkpoint
-    with pytest.raises(CheckpointError, match="convert it first"):
-        build_sam("vit_t", checkpoint=pth)
+    # build_sam reads a .pth itself (tests/test_torch_surface.py); plugins= wants a directory.
+    with pytest.raises(CheckpointError, match="is a file, not a converted checkpoint directory"):
+        build_stable_sam("vit_t", plugins=pth)
     with pytest.raises(CheckpointError, match="does not exist"):
         build_sam("vit_t", checkpoint=str(tmp_path / "nope"))
     out = tmp_path / "ckpt"

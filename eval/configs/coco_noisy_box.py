@@ -18,7 +18,9 @@ Expected result (paper Table 3, ViT-L base):
     | sam        | 27.3                | 60.2  | 40.9                | 75.0  |
     | stable_sam | 44.8                | 76.4  | 50.5                | 81.1  |
 DT-SAM: 12.2 / 22.7 and 15.8 / 28.7; PT-SAM: 30.2 / 63.4 and 41.3 / 76.5 (enable them as in
-hq_paper.py). Not run here: no weights or data can be downloaded on these machines.
+hq_paper.py; HQ-SAM likewise, `--config.models.hq_sam.enabled=True
+--config.models.hq_sam.checkpoint=ckpt/sam_hq_vit_l`, no paper numbers). Not run here: no
+weights or data can be downloaded on these machines.
 """
 
 from stablesam_jax import evaluation
@@ -30,5 +32,6 @@ def get_config():
     config.models.stable_sam = evaluation.model_config("vit_l", "stable_sam")
     config.models.dt_sam = evaluation.model_config("vit_l", "sam", enabled=False)
     config.models.pt_sam = evaluation.model_config("vit_l", "sam", enabled=False)
+    config.models.hq_sam = evaluation.model_config("hq_vit_l", "sam", enabled=False)
     config.coco.coco_val2017 = evaluation.coco_config()
     return config

@@ -12,4 +12,9 @@ The commands, and their modules here:
     python -m stablesam_jax.commands.amg                automatic mask generator speed, SAM vs
                                                         Stable-SAM under grid clicks
     python -m stablesam_jax.commands.cache_bench        cold vs cached process start
+    python -m stablesam_jax.commands.device_check       the README's GPU table in one call
+
+Every `main` is wrapped by `_errors.command`: a user's mistake (a bad input, config, checkpoint,
+dataset or output path) is one `error:` line and exit status 2, found before the expensive work
+and before anything is written (`_outputs`); `--debug` or STABLESAM_DEBUG=1 adds the traceback.
 """

@@ -20,8 +20,12 @@ import jax.numpy as jnp
 
 from ..builder import build_sam, build_stable_sam
 from ..data.scenes import generate_scene
+from ..modeling.sam import SAM_VARIANTS
 from ..tools.amg_report import benchmark, robustness_report
 from ..utils.compilation_cache import enable_compilation_cache
+from ..utils.validation import MIN_IMAGE_SIDE
+from ._errors import add_debug_flag, command
+from ._outputs import check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("bench", "compare"):
         p = sub.add_parser(name)
-        p.add_argument("--model-type", default="vit_demo")
+        p.add_argument("--model-type", default="vit_demo", choices=sorted(SAM_VARIANTS))
         p.add_argument("--checkpoint", help="converted SAM checkpoint (random weights if absent)")
         p.add_argument("--points-per-side", type=int, default=32)
         p.add_argument("--points-per-batch", type=int, default=64)
@@ -43,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             help="one mask per point (multimask_output=False), e.g. for the demo SAM, whose "
             "pretraining fits only the single-mask output",
         )
+        add_debug_flag(p)
     bench = sub.choices["bench"]
     bench.add_argument("--image-size", type=int, default=None, help="long side (default img_size)")
     bench.add_argument("--repeats", type=int, default=3)
@@ -56,12 +61,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0,
         help="generated scenes (the demo trains on seeds 1, 2 and 5 and evaluates on 3)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check_ranges(sub.choices[args.command], args)
+    return args
 
 
-def main(argv=None) -> int:
+def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    minimums = {"points_per_side": 1, "points_per_batch": 1, "repeats": 1, "num_scenes": 1}
+    minimums.update(image_size=MIN_IMAGE_SIDE, scene_size=MIN_IMAGE_SIDE)
+    for field, low in minimums.items():
+        value = getattr(args, field, None)
+        if value is not None and value < low:
+            parser.error(f"--{field.replace('_', '-')} must be >= {low}, got {value}")
+    for field in ("pred_iou_thresh", "stability_score_thresh"):
+        value = getattr(args, field)
+        if not value <= 1.0:  # NaN too; <= 0 is allowed: it switches the filter off
+            parser.error(f"--{field.replace('_', '-')} must be <= 1, got {value}")
+
+
+@command
+def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.compilation_cache:
+        check_output_dir(args.compilation_cache, "--compilation-cache")
         enable_compilation_cache(args.compilation_cache)
     dtype = None if args.dtype == "float32" else jnp.bfloat16
     kwargs = dict(

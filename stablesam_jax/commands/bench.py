@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import shlex
 import sys
 
@@ -21,6 +22,7 @@ import jax
 from ..modeling import SAM_VARIANTS
 from ..modeling.image_encoder import ATTENTION_IMPLS
 from ..tools import bench
+from ._errors import UsageError, add_debug_flag, command
 
 PROG = "python -m stablesam_jax.commands.bench"
 
@@ -101,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=_image_size, default=(480, 640), help="HxW for --set-image")
     p.add_argument("--seed", type=int, default=0)
+    add_debug_flag(p)
     return p
 
 
@@ -126,27 +129,22 @@ def settings_of(args: argparse.Namespace) -> bench.BenchSettings:
     )
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+@command
+def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if (args.set_image or args.compare_torch) and importlib.util.find_spec("torch") is None:
+        raise UsageError(
+            "--set-image and --compare-torch time the official PyTorch SAM: install it with "
+            "pip install 'stablesam-jax[dev]'"
+        )
     ctx = bench.Context(settings_of(args), f"{PROG} {shlex.join(argv)}".rstrip())
-    if args.set_image or args.compare_torch:
-        # torch is optional (the `dev` extra): only these two modes need it.
-        from ..tools import bench_torch
     if args.set_image:
+        # torch is optional (the `dev` extra): only this mode and --compare-torch need it.
+        from ..tools import bench_torch
+
         bench_torch.bench_set_image(ctx, args.model_type)
         return 0
-    jax_encoder, jax_decoder = None, []
-    model = bench.build_model(ctx.settings, plugins=False)
-    if "encoder" in args.parts:
-        jax_encoder = bench.bench_encoder(ctx, model)
-    if "decoder" in args.parts:
-        jax_decoder += bench.bench_decoder(ctx, model, plugins=False)
-        if args.plugins:
-            stable = bench.build_model(ctx.settings, plugins=True)
-            jax_decoder += bench.bench_decoder(ctx, stable, plugins=True)
-    if args.compare_torch:
-        bench_torch.bench_torch(ctx, model.config, jax_encoder, jax_decoder)
+    bench.run(ctx, parts=args.parts, plugins=args.plugins, compare_torch=args.compare_torch)
     return 0
 
 

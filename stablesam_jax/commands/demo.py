@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import sys
+import zipfile
 
 from ..demo.settings import EVAL_SCENE_SEED, FULL, QUICK, DemoSettings
+from ._errors import UsageError, add_debug_flag, command
+from ._outputs import check_output_dir, is_within
 
 
 def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
@@ -36,6 +41,15 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--offset-scale", type=float, help="DSP offset scale s_p in cells")
+    parser.add_argument(
+        "--dsp-lr-multiplier", type=float, help="the DSP's lr as a multiple of --learning-rate"
+    )
+    parser.add_argument(
+        "--center-offsets",
+        action="store_const",
+        const=True,
+        help="remove each example's mean offset (no global translation; not the paper's form)",
+    )
     parser.add_argument("--occlusion-prob", type=float)
     parser.add_argument("--seed", type=int, help="training and prompt seed")
     parser.add_argument(
@@ -45,6 +59,7 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         "choose settings should use another one, e.g. 4)",
     )
     parser.add_argument("--no-figures", action="store_true", help="skip the PNGs")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     settings = QUICK if args.quick else FULL
@@ -56,6 +71,8 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
             "batch_size",
             "learning_rate",
             "offset_scale",
+            "dsp_lr_multiplier",
+            "center_offsets",
             "occlusion_prob",
             "seed",
             "eval_seed",
@@ -65,20 +82,58 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
     for field in ("train_scenes", "eval_scenes", "batch_size"):
         if field in overrides and overrides[field] < 1:
             parser.error(f"--{field.replace('_', '-')} must be >= 1")
+    for field, low, high in (
+        ("learning_rate", 0.0, math.inf),
+        ("offset_scale", 0.0, math.inf),
+        ("dsp_lr_multiplier", 0.0, math.inf),
+        ("occlusion_prob", 0.0, 1.0),
+    ):
+        value = overrides.get(field)
+        if value is not None and not (low <= value <= high and math.isfinite(value)):
+            parser.error(f"--{field.replace('_', '-')} must be in [{low:g}, {high:g}], got {value}")
     return args, dataclasses.replace(settings, **overrides)
 
 
-def main(argv=None) -> int:
+def _check_paths(args: argparse.Namespace) -> None:
+    """The output folder and the SAM weights, before the pipeline starts (and wipes OUT/work)."""
+    from .. import pretrained  # loads flax: after parsing, like the pipeline
+
+    out = check_output_dir(args.out, "--out")
+    weights = args.sam_weights
+    if weights is None:
+        weights = str(pretrained.DEMO_SAM_FILE)
+    elif not os.path.exists(weights):
+        raise UsageError(
+            f"--sam-weights {weights} does not exist: give a .npz written by "
+            "stablesam_jax.commands.export_pretrained or an Orbax 'sam' checkpoint directory"
+        )
+    if is_within(weights, os.path.join(out, "work")):
+        raise UsageError(
+            f"--sam-weights {weights} lies in {os.path.join(out, 'work')}, which the demo "
+            "empties first; move the weights or choose another --out"
+        )
+    if os.path.isdir(weights):
+        return
+    try:
+        pretrained.read_stored(weights)
+    except FileNotFoundError as error:  # the packaged file is missing: the message says how
+        raise UsageError(str(error)) from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UsageError(
+            f"--sam-weights {weights} is not a packaged weight file ({error}); write one with "
+            "stablesam_jax.commands.export_pretrained"
+        ) from error
+
+
+@command
+def main(argv: list[str]) -> int:
     args, settings = _settings(argv)
+    _check_paths(args)
     # Imported after parsing: the pipeline loads JAX, the trainer and the evaluator (seconds),
     # which `--help` and a usage error need not wait for.
     from ..demo.pipeline import run
 
-    try:
-        run(args.out, settings, args.sam_weights, draw_figures=not args.no_figures)
-    except FileNotFoundError as error:
-        print(f"ERROR: {error}", file=sys.stderr)
-        return 1
+    run(args.out, settings, args.sam_weights, draw_figures=not args.no_figures)
     return 0
 
 

@@ -14,9 +14,12 @@ import json
 import sys
 
 from ..pretrained import pack_checkpoint
+from ._errors import UsageError, add_debug_flag, command
+from ._outputs import check_output_file, refuse_overwriting
 
 
-def main(argv=None) -> int:
+@command
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stablesam_jax.commands.export_pretrained",
         description=__doc__.split("\n\n")[0],
@@ -24,12 +27,14 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a 'sam' Orbax checkpoint directory")
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    check_output_file(args.out, "--out")
+    refuse_overwriting(args.out, [args.checkpoint], "--out", inside=True)
     try:
         info = pack_checkpoint(args.checkpoint, args.out, args.dtype)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"ERROR: {error}", file=sys.stderr)
-        return 1
+    except ValueError as error:  # an unusable checkpoint, or weights beyond the --dtype range
+        raise UsageError(str(error)) from error
     print(f"wrote {args.out} ({info['bytes'] / 1e6:.1f} MB): {json.dumps(info)}")
     return 0
 

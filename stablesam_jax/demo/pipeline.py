@@ -14,6 +14,7 @@ import jax
 
 from .. import evaluation, pretrained, training
 from ..builder import build_sam, save_sam
+from ..utils.io import atomic_write
 from .figure_model import make_figures
 from .settings import FULL, RESULT_KEYS, TRAIN_SCENE_SEED, DemoSettings
 
@@ -31,6 +32,8 @@ def train_config(settings: DemoSettings, sam_checkpoint: str):
     config.trainable = "plugins"
     config.sam_checkpoint = sam_checkpoint
     config.plugins.offset_scale = settings.offset_scale
+    config.plugins.center_offsets = settings.center_offsets
+    config.optimizer.dsp_lr_multiplier = settings.dsp_lr_multiplier
     config.seed = settings.seed
     config.batch_size = settings.batch_size
     config.num_epochs = 1.0
@@ -161,8 +164,8 @@ def run(
     results = results_json(pooled, settings.prompt_types)
     drp_a1 = _drp_a1(pooled, settings.prompt_types)
     table = evaluation.format_table(report)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out_dir / "results.md").write_text(table)
+    atomic_write(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write(out_dir / "results.md", table)
 
     # 4. Figures.
     tick = time.perf_counter()
@@ -182,13 +185,15 @@ def run(
             "plugins": trained["export"],
         },
         "drp_a1": drp_a1,
+        # Attention on the target and the DSP's offset statistics (docs/design.md, Diagnostics).
+        "diagnostics": report.get("diagnostics", {}).get(evaluation.POOLED, {}),
         "num_eval_images": pooled["SAM"][settings.prompt_types[0]]["num_images"],
         "figures": figure_paths,
         "timings_seconds": timings,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "evaluation": report,
     }
-    (out_dir / "demo_info.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=1, default=str) + "\n")
     _say("")
     _say(table)
     _say(_summary(results, timings))

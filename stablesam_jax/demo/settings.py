@@ -24,6 +24,10 @@ class DemoSettings:
     batch_size: int = 8
     learning_rate: float = 1e-3
     offset_scale: float = 4.0
+    # Against an offset field that is one global translation (PluginConfig.center_offsets, the
+    # DSP's lr multiplier in training.optim); the defaults are the paper's form.
+    dsp_lr_multiplier: float = 1.0
+    center_offsets: bool = False
     # RTS prompt mixture over prompts.RTS_KINDS (the paper: all kinds; weights are ours).
     mixture: tuple[tuple[str, float], ...] = (
         ("gt_box", 1.0),

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import diagnostics
 from .protocol import METRIC_KEYS, POOLED
 
 Result = Callable[[], Mapping[str, float]]
+_PER_IMAGE_KEYS = (*METRIC_KEYS, "drp_a1", *diagnostics.SCALAR_KEYS)
 
 
 class DatasetScores:
@@ -26,9 +28,11 @@ class DatasetScores:
         self.num = num
         self.names: list[str | None] = [None] * num
         self.values = {
-            m: {t: {k: [math.nan] * num for k in (*METRIC_KEYS, "drp_a1")} for t in prompt_types}
+            m: {t: {k: [math.nan] * num for k in _PER_IMAGE_KEYS} for t in prompt_types}
             for m in models
         }
+        # Summed over images, not kept per image: {model: {prompt_type: OffsetSums}}.
+        self.offset_sums: dict[str, dict[str, diagnostics.OffsetSums]] = {}
         self.skipped: list[str] = []
         self.skipped_indices: set[int] = set()
         self.pending: collections.deque = collections.deque()
@@ -45,7 +49,13 @@ class DatasetScores:
         while len(self.pending) > limit:
             result, model, prompt_type, index = self.pending.popleft()
             for key, value in result().items():
-                self.values[model][prompt_type][key][index] = value
+                if key == diagnostics.SUMS_KEY:
+                    by_type = self.offset_sums.setdefault(model, {})
+                    by_type[prompt_type] = (
+                        value if prompt_type not in by_type else by_type[prompt_type] + value
+                    )
+                else:
+                    self.values[model][prompt_type][key][index] = value
 
     def per_image(self) -> dict:
         """{"names", "values"} of the images not skipped; keys no image has (drp_a1 of a model
@@ -106,3 +116,47 @@ def summaries(
         m: {t: summarize(_pooled_values(per_image, m, t)) for t in prompt_types} for m in models
     }
     return results
+
+
+def _pooled_sums(offset_sums: Mapping[str, dict], model: str, prompt_type: str):
+    parts = [s[model][prompt_type] for s in offset_sums.values() if prompt_type in s.get(model, {})]
+    return sum(parts[1:], parts[0]) if parts else None
+
+
+def _model_diagnostics(values: Mapping, sums: Mapping, model: str, prompt_types) -> dict | None:
+    by_type = {
+        t: diagnostics.summarize(values[t], sums.get(model, {}).get(t)) for t in prompt_types
+    }
+    return by_type if any(by_type.values()) else None
+
+
+def diagnostics_summaries(
+    per_image: Mapping[str, dict],
+    offset_sums: Mapping[str, dict],
+    models: Iterable[str],
+    prompt_types: Sequence[str],
+) -> dict:
+    """The report's "diagnostics": {dataset or POOLED: {model: {prompt_type:
+    `diagnostics.summarize`}}} for the models that have them, from {dataset:
+    `DatasetScores.per_image()`} and {dataset: `DatasetScores.offset_sums`}."""
+    models = list(models)
+    out: dict = {}
+    for name, entry in per_image.items():
+        sums = offset_sums.get(name, {})
+        out[name] = {
+            m: d
+            for m in models
+            if (d := _model_diagnostics(entry["values"][m], sums, m, prompt_types)) is not None
+        }
+    pooled: dict = {}
+    for m in models:
+        by_type = {
+            t: diagnostics.summarize(
+                _pooled_values(per_image, m, t), _pooled_sums(offset_sums, m, t)
+            )
+            for t in prompt_types
+        }
+        if any(by_type.values()):
+            pooled[m] = by_type
+    out[POOLED] = pooled
+    return out

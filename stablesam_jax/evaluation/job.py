@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..utils.io import atomic_write
 from .coco_job import evaluate_coco_models
 from .interface import Predictor
 from .loop import evaluate_report
@@ -45,14 +46,14 @@ def _dataset_report(config, predictors: Mapping[str, Predictor], sources) -> dic
         loader_workers=int(config.get("loader_workers", 2)),
         metric_workers=int(config.get("metric_workers", 2)),
         metrics_on_device=bool(config.get("metrics_on_device", True)),
+        diagnostics=bool(config.get("diagnostics", True)),
     )
 
 
 def _write(report: dict, output_dir: Path) -> None:
     table = format_table(report)
-    with open(output_dir / "results.json", "w") as f:
-        json.dump(jsonable(report), f, indent=1)
-    (output_dir / "results.md").write_text(table)
+    atomic_write(output_dir / "results.json", json.dumps(jsonable(report), indent=1))
+    atomic_write(output_dir / "results.md", table)
     print(table)
     print(f"wrote {output_dir / 'results.json'} and {output_dir / 'results.md'}", file=sys.stderr)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..utils.progress import Progress
 from . import metrics
-from .aggregate import DatasetScores, summaries
+from .aggregate import DatasetScores, diagnostics_summaries, summaries
 from .interface import Prediction, Predictor, PromptBatch
 from .predictors import SamEvalPredictor, as_predictors, encoder_groups
 from .protocol import (
@@ -63,6 +63,7 @@ class _Settings:
     metric_workers: int
     metrics_on_device: bool
     metric_pool: concurrent.futures.ThreadPoolExecutor | None
+    diagnostics: bool = False
 
 
 def _image_metrics(prediction: Prediction, gt: np.ndarray) -> dict[str, float]:
@@ -110,6 +111,10 @@ def _embed(predictor: Predictor, images: list[np.ndarray], rows: int) -> list:
 def _score(run: _Settings, scores: DatasetScores, key: tuple, sample, embedding, prompts) -> None:
     """Queues the metrics of one (model, prompt type, image index) `key`."""
     predictor = run.predictors[key[0]]
+    if run.metrics_on_device and isinstance(predictor, SamEvalPredictor) and run.diagnostics:
+        result = predictor.predict_metrics(sample, embedding, prompts, with_diagnostics=True)
+        scores.queue(result, *key, _DEVICE_QUEUE)
+        return
     if run.metrics_on_device and hasattr(predictor, "predict_metrics"):
         scores.queue(predictor.predict_metrics(sample, embedding, prompts), *key, _DEVICE_QUEUE)
         return
@@ -226,6 +231,7 @@ def evaluate_report(
     loader_workers: int = 2,
     metric_workers: int = 2,
     metrics_on_device: bool = True,
+    diagnostics: bool = True,
 ) -> dict:
     """Runs every model on every dataset and prompt type; returns the report `job.run` saves.
 
@@ -235,10 +241,14 @@ def evaluate_report(
     metrics_on_device: JAX models compute the metrics' pixel counts on the device (exactly
     `metrics`' values; a megapixel mask's boundary IoU costs ~0.1 s of host CPU, and the HQ sets
     need ~10^6 of them); other predictors, or False, use `metrics` on host masks with
-    `metric_workers` threads.
+    `metric_workers` threads. diagnostics: JAX models on the device path also report the DSP
+    block's attention on the target and offset statistics (`diagnostics`, docs/design.md,
+    "Diagnostics") from the same decode call.
     Report keys: "results" ({dataset or "pooled": {model: {prompt_type: {"miou", "mbiou",
     "msf", "num_images"[, "drp_a1"]}}}}, values 0-100 except drp_a1), "protocol", "models",
-    "datasets" (image counts, skipped images), "per_image" (when kept), "timing", "devices".
+    "datasets" (image counts, skipped images), "per_image" (when kept), "timing", "devices",
+    "diagnostics" (when any model has them: {dataset or "pooled": {model: {prompt_type:
+    `diagnostics.summarize`}}}).
     """
     prompt_types = check_protocol(prompt_types, num_prompts)
     max_points = max_points_for(prompt_types)
@@ -251,6 +261,7 @@ def evaluate_report(
 
     per_image: dict = {}
     dataset_info: dict = {}
+    offset_sums: dict = {}
     started = time.perf_counter()
     with _metric_threads(metric_workers) as metric_pool:
         run = _Settings(
@@ -266,11 +277,13 @@ def evaluate_report(
             metric_workers=metric_workers,
             metrics_on_device=metrics_on_device,
             metric_pool=metric_pool,
+            diagnostics=diagnostics,
         )
         for dataset_name, source in sources.items():
             scores = _evaluate_dataset(run, dataset_name, source)
             per_image[dataset_name] = scores.per_image()
             dataset_info[dataset_name] = scores.info()
+            offset_sums[dataset_name] = scores.offset_sums
     elapsed = time.perf_counter() - started
     total_images = sum(info["num_images"] for info in dataset_info.values())
 
@@ -283,6 +296,9 @@ def evaluate_report(
         "timing": _timing(elapsed, total_images, groups),
         "devices": _devices(num_devices),
     }
+    diagnosed = diagnostics_summaries(per_image, offset_sums, predictors, prompt_types)
+    if diagnosed[POOLED]:
+        report["diagnostics"] = diagnosed
     if keep_per_image:
         report["per_image"] = per_image
     return report

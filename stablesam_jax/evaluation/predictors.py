@@ -28,9 +28,11 @@ from jax.sharding import PartitionSpec as P
 from ..constants import PAD_LABEL, PIXEL_MEAN, PIXEL_STD
 from ..modeling.sam import Sam
 from ..utils.batching import pad_rows, round_up
+from ..utils.chunking import plan_decode, run_in_chunks
 from ..utils.embedding import ImageEmbedding
 from ..utils.transforms import ResizeLongestSide
-from . import metrics
+from ..utils.validation import validate_image, validate_prompts
+from . import diagnostics, metrics
 from .device_metrics import masks_at_original_size, metric_counts, metrics_from_counts
 from .interface import Prediction, Predictor, PromptBatch, Sample
 from .protocol import check_name
@@ -69,16 +71,25 @@ def _encode(encoder_graphdef, encoder_state, pixels):
     return nnx.merge(encoder_graphdef, encoder_state)(pixels)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("alpha_key",))
-def _decode(graphdef, state, features, index, coords, labels, boxes, box_valid, *, alpha_key):
-    """Single-mask decode of a prompt batch on image `index` of an encoded batch."""
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("alpha_key", "diagnose"))
+def _decode(graphdef, state, features, index, *prompts, alpha_key, diagnose=None):
+    """Single-mask decode of a prompt batch (coords, labels, boxes, box_valid) on image `index` of
+    an encoded batch. `diagnose` ((layer, offset scale), or None) adds
+    `diagnostics.decode_diagnostics` on the two further arguments (grid mask, prompt count)."""
     model = nnx.merge(graphdef, state)
     embedding = jax.lax.dynamic_index_in_dim(features, index, axis=0, keepdims=True)
+    prompts, diagnosed = prompts[:4], prompts[4:]
     low_res, iou, intermediates = model.decode_padded(
-        embedding, coords, labels, boxes, box_valid, multimask_output=False
+        embedding, *prompts, multimask_output=False, return_intermediates=diagnose is not None
     )
     alpha = None if alpha_key is None else intermediates[alpha_key][:, 0]
-    return low_res[:, 0], iou[:, 0], alpha
+    if diagnose is None:
+        return low_res[:, 0], iou[:, 0], alpha
+    layer, offset_scale = diagnose
+    extra = diagnostics.decode_diagnostics(
+        intermediates, *diagnosed, layer=layer, offset_scale=offset_scale
+    )
+    return low_res[:, 0], iou[:, 0], alpha, extra
 
 
 class SamEvalPredictor:
@@ -101,6 +112,10 @@ class SamEvalPredictor:
         self._encoder_graphdef = nnx.graphdef(model.image_encoder)
         self._encoder_state = self._state["image_encoder"]
         self.alpha_key = self._find_alpha_key(model)
+        self.diagnose = diagnostics.dsp_block(model.plugin_config)
+        self._grid_masks = diagnostics.GridMasks(
+            model.img_size, model.config.image_embedding_size, self._replicated
+        )
 
     @staticmethod
     def _find_alpha_key(model: Sam) -> str | None:
@@ -131,9 +146,7 @@ class SamEvalPredictor:
         mean, std = np.asarray(PIXEL_MEAN, np.float32), np.asarray(PIXEL_STD, np.float32)
         input_sizes = []
         for i, image in enumerate(images):
-            image = np.asarray(image)
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                raise ValueError(f"images must be uint8 HxWx3, got {image.dtype} {image.shape}")
+            image = validate_image(image, size)
             resized = self.transform.apply_image(np.ascontiguousarray(image))
             pixels[i, : resized.shape[0], : resized.shape[1]] = (resized - mean) / std
             input_sizes.append(resized.shape[:2])
@@ -151,12 +164,28 @@ class SamEvalPredictor:
             for i in range(len(images))
         ]
 
-    def _dispatch(self, embedding: ImageEmbedding, prompts: PromptBatch, rows: int | None):
+    def _dispatch(
+        self,
+        embedding: ImageEmbedding,
+        prompts: PromptBatch,
+        rows: int | None,
+        grid_mask: jax.Array | None = None,
+    ):
         """Decodes all prompts in one call; `rows` pads the batch (default: to the device count).
-        Returns device arrays (low-res logits, predicted IoU, a1 or None): nothing waits."""
+        Returns device arrays (low-res logits, predicted IoU, a1 or None, and with a `grid_mask`
+        the `diagnostics.decode_diagnostics` dict): nothing waits."""
         count = len(prompts)
         rows = round_up(max(rows or count, count), self.num_devices)
         original = embedding.original_size
+        # Padded slots (PAD_LABEL points, rows without a box) are allowed here, nothing else.
+        validate_prompts(
+            prompts.point_coords,
+            prompts.point_labels,
+            prompts.boxes,
+            original,
+            allow_pad=True,
+            box_valid=prompts.box_valid,
+        )
         coords = self.transform.apply_coords(prompts.point_coords, original).astype(np.float32)
         boxes = self.transform.apply_boxes(prompts.boxes, original).astype(np.float32)
         labels = prompts.point_labels.astype(np.int32)
@@ -175,7 +204,9 @@ class SamEvalPredictor:
             embedding.features,
             embedding.index,
             *arrays,
+            *(() if grid_mask is None else (grid_mask, jnp.int32(count))),
             alpha_key=self.alpha_key,
+            diagnose=None if grid_mask is None else self.diagnose,
         )
 
     def predict(
@@ -187,6 +218,16 @@ class SamEvalPredictor:
     ) -> Prediction:
         """Masks at the original size on the host (what COCO and custom metrics need)."""
         count = len(prompts)
+        padded = max(rows or count, count)
+        chunk = self._chunk_rows(padded, embedding.original_size)
+        if chunk < padded:  # too big for the devices: equal-size calls, one compile
+
+            def part(*fields):
+                p = self.predict(sample, embedding, PromptBatch(*fields), rows=chunk)
+                return (p.masks, p.iou_predictions) + (() if p.drp_a1 is None else (p.drp_a1,))
+
+            fields = [prompts.point_coords, prompts.point_labels, prompts.boxes, prompts.box_valid]
+            return Prediction(*run_in_chunks(part, count, chunk, fields))
         low_res, iou, alpha = self._dispatch(embedding, prompts, rows)
         masks = masks_at_original_size(
             self.model.img_size, low_res, embedding.input_size, embedding.original_size
@@ -197,15 +238,40 @@ class SamEvalPredictor:
             None if alpha is None else np.asarray(alpha)[:count],
         )
 
+    def _chunk_rows(self, rows: int, original_size) -> int:
+        """Prompt rows per `predict` call (`utils.chunking.plan_decode`, per device of the mesh):
+        `rows` unless they would not fit; one single-mask upsampling holds 3 s^2 floats and the
+        mask per prompt."""
+        cfg, (h, w) = self.model.config, original_size
+        return plan_decode(
+            rows,
+            grid=cfg.image_embedding_size,
+            channels=cfg.prompt_embed_dim,
+            plugins=self.model.plugin_config is not None,
+            masks=1,
+            original_size=(h, w),
+            upsample_bytes=12 * cfg.img_size**2 + 5 * h * w,
+            logits=False,
+            buckets=(self.num_devices,),
+            device=self.mesh.devices.flat[0],
+            multiple=self.num_devices,
+        )
+
     def predict_metrics(
-        self, sample: Sample, embedding: ImageEmbedding, prompts: PromptBatch
-    ) -> Callable[[], dict[str, float]]:
+        self,
+        sample: Sample,
+        embedding: ImageEmbedding,
+        prompts: PromptBatch,
+        with_diagnostics: bool = False,
+    ) -> Callable[[], dict]:
         """Upsampling, thresholding and the metrics' pixel counts on the device; only counts come
         back. Returns a function that waits for them and gives the host metrics' dict, so the
-        caller can queue further work first."""
+        caller can queue further work first. `with_diagnostics` adds the image's
+        `diagnostics.host_values` (from the same decode call)."""
         gt_mask = sample.device_mask(self._replicated)
         count = len(prompts)
-        low_res, _, alpha = self._dispatch(embedding, prompts, None)
+        grid_mask = self._grid_masks(sample) if with_diagnostics else None
+        low_res, _, alpha, *extra = self._dispatch(embedding, prompts, None, grid_mask)
         counts = metric_counts(
             self.model.img_size,
             low_res,
@@ -219,6 +285,8 @@ class SamEvalPredictor:
             values = metrics_from_counts(jax.device_get(counts), count)
             if alpha is not None:
                 values["drp_a1"] = float(np.mean(np.asarray(alpha)[:count]))
+            if extra:
+                values.update(diagnostics.host_values(extra[0], count))
             return values
 
         return result

@@ -8,8 +8,9 @@ size (`Sam.postprocess_masks`) and thresholded at 0. Per image: mIoU and mBIoU a
 the prompts of `metrics.mask_iou` / `metrics.boundary_iou`, mSF is `metrics.stability_score` of
 the prompts' masks. Per dataset: the mean over its images; pooled: the mean over all images of
 all datasets. All reported values are 0-100. Models with the dynamic routing plugin also report
-the mean routing weight a1 (`layer1/drp_alpha[:, 0]`) per prompt type. See docs/design.md,
-Evaluation protocol.
+the mean routing weight a1 (`layer1/drp_alpha[:, 0]`) per prompt type. JAX models also report
+the DSP block's attention on the target and, with plugins, offset statistics (`diagnostics`). See
+docs/design.md, Evaluation protocol and Diagnostics.
 
 This module holds the protocol's names and the checks every entry point shares.
 """

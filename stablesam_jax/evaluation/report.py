@@ -52,6 +52,34 @@ def _drp_table(per_model, prompt_types) -> list[str]:
     return lines
 
 
+def _number(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+DIAGNOSTICS_LEGEND = (
+    "Each cell: attention on target / uniform-attention baseline (target area) / offset "
+    "spatial std (cells) / shared-field fraction / mean DRP a1; '-' where the model has none "
+    '(docs/design.md, "Diagnostics").'
+)
+
+
+def _diagnostics_table(diagnosed: Mapping, results: Mapping, prompt_types) -> list[str]:
+    """One row per model with diagnostics: the key numbers of each prompt type."""
+    header = ["Model"] + [PROMPT_TYPE_TITLES.get(t, t) for t in prompt_types]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, by_type in diagnosed.items():
+        cells = [model]
+        for t in prompt_types:
+            d, a1 = by_type.get(t, {}), results.get(model, {}).get(t, {}).get("drp_a1")
+            parts = [_number(d.get("attn_target"), 3), _number(d.get("target_area"), 3)]
+            parts += [_number(d.get("offset_std"), 2), _number(d.get("shared_fraction"), 3)]
+            cells.append(" / ".join(parts + [_number(a1, 3)]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _prompt_types_of(per_model: Mapping) -> list[str]:
     seen: list[str] = []
     for by_type in per_model.values():
@@ -98,6 +126,10 @@ def _dataset_sections(results: Mapping) -> list[str]:
         drp = _drp_table(by_dataset[POOLED], types)
         if drp:
             lines += ["", "## Mean DRP routing weight a1 (pooled)", ""] + drp
+    diagnosed = results.get("diagnostics", {}).get(POOLED)
+    if diagnosed:
+        lines += ["", "## Diagnostics of the DSP block (pooled)", "", DIAGNOSTICS_LEGEND, ""]
+        lines += _diagnostics_table(diagnosed, by_dataset.get(POOLED, {}), types)
     return lines
 
 

@@ -1,6 +1,7 @@
 from .common import Buffer, PluginParam
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
+from .mask_decoder_hq import MaskDecoderHQ
 from .plugins import DeformableSamplingPlugin, DynamicRoutingPlugin, PluginConfig
 from .prompt_encoder import PromptEncoder
 from .sam import (
@@ -11,6 +12,7 @@ from .sam import (
     decode_padded_prompts,
     decode_prompts,
 )
+from .tiny_vit import TinyViT, TinyViTConfig
 from .transformer import TwoWayTransformer
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "PluginParam",
     "ImageEncoderViT",
     "MaskDecoder",
+    "MaskDecoderHQ",
     "DeformableSamplingPlugin",
     "DynamicRoutingPlugin",
     "PluginConfig",
@@ -28,5 +31,7 @@ __all__ = [
     "count_params",
     "decode_padded_prompts",
     "decode_prompts",
+    "TinyViT",
+    "TinyViTConfig",
     "TwoWayTransformer",
 ]

@@ -103,19 +103,26 @@ class Attention(nnx.Module):
         rel_pos_h = self.rel_pos_h[...] if self.use_rel_pos else None
         rel_pos_w = self.rel_pos_w[...] if self.use_rel_pos else None
         backend = self.backend(q.dtype, (h, w))
-        # Cache-sized pieces pay off where the logits live in a CPU's memory hierarchy.
-        on_cpu = backend == "xla_bias" and jax.default_backend() == "cpu"
-        out = ops.rel_pos_attention(
-            q,
-            k,
-            v,
-            rel_pos_h,
-            rel_pos_w,
-            (h, w),
-            self.scale,
-            backend,
-            max_logits_bytes=ops.CPU_MAX_LOGITS_BYTES if on_cpu else None,
-        )
+
+        def attention(backend: str, max_logits_bytes: int | None = None):
+            return lambda q, k, v: ops.rel_pos_attention(
+                q, k, v, rel_pos_h, rel_pos_w, (h, w), self.scale, backend, max_logits_bytes
+            )
+
+        # Chosen per platform when lowering, not from the tracing host, so one trace exports for
+        # any platform: cuDNN's kernel lowers only for CUDA (elsewhere: the same math through
+        # XLA), and on a CPU cache-sized pieces of logits pay off (not with a symbolic batch,
+        # which cannot be cut into pieces).
+        portable = "xla_folded" if backend == "xla_folded" else "xla_bias"
+        branches = {}
+        if backend == "cudnn_folded":
+            branches["cuda"] = attention(backend)
+        if portable == "xla_bias" and isinstance(b, int):
+            branches["cpu"] = attention(portable, ops.CPU_MAX_LOGITS_BYTES)
+        if branches:
+            out = jax.lax.platform_dependent(q, k, v, default=attention(portable), **branches)
+        else:
+            out = attention(portable)(q, k, v)
         return out.reshape(b, h, w, -1)
 
     def fast_forward(self, x: jax.Array, window_size: int) -> jax.Array:
@@ -248,15 +255,25 @@ class ImageEncoderViT(nnx.Module):
         dtype=None,
         attention_impl: str = "reference",
         scan_blocks: bool = False,
+        early_block: int | None = None,
     ):
-        """scan_blocks: run the blocks as a `jax.lax.scan` over groups of same-structure blocks
+        """early_block: append this block's output ([B, 64, 64, embed_dim], the early features
+        HQ-SAM's decoder takes) to the output's channels.
+
+        scan_blocks: run the blocks as a `jax.lax.scan` over groups of same-structure blocks
         (weights stacked at call time, stored per block as `blocks.0 ...`): one traced copy of
         each block kind instead of `depth` copies, for GPU compile times that do not grow with
         depth. Stacking copies the block weights once per call. (XLA:CPU compiles the scanned
         encoder more slowly than the unrolled one: leave it off there.)"""
+        if early_block is not None and (scan_blocks or not 0 <= early_block < depth):
+            raise ValueError(
+                f"early_block={early_block} needs 0 <= early_block < depth={depth} and "
+                f"scan_blocks=False (a scan keeps no block's output), got scan_blocks={scan_blocks}"
+            )
         self.img_size = img_size
         self.dtype = dtype
         self.scan_blocks = scan_blocks
+        self.early_block = early_block
         self.fast = attention_impl != "reference"
         grid = img_size // patch_size
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, rngs=rngs, dtype=dtype)
@@ -303,6 +320,7 @@ class ImageEncoderViT(nnx.Module):
             if self.pos_embed is not None:
                 x = x + self.pos_embed[...].astype(x.dtype)
         intermediates["patch_embed"] = x
+        early = None
         if self.scan_blocks and not return_intermediates:
             x = self._scanned_blocks(x)
         else:
@@ -310,11 +328,15 @@ class ImageEncoderViT(nnx.Module):
                 x = block(x)
                 if return_intermediates:
                     intermediates[f"block{i}"] = x
+                if i == self.early_block:
+                    early = x
         for layer in self.neck:
             x = layer(x)
         x = x.astype(jnp.float32)
+        intermediates["neck"] = x
+        if early is not None:
+            x = jnp.concatenate([x, early.astype(jnp.float32)], axis=-1)
         if return_intermediates:
-            intermediates["neck"] = x
             return x, intermediates
         return x
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import ops
-from .common import Conv, LayerNorm, Linear, PluginParam, gelu
+from . import ops, sampling
+from .common import Conv, LayerNorm, Linear, PluginParam, gelu, precision_for
 
 SAMPLE_SOURCES = ("raw", "projected")
 
@@ -32,6 +32,10 @@ class PluginConfig:
     use_drp: False gives the DSP-only ablation (keys/values are the sampled features alone).
     drp_hidden_dim: width of DRP's hidden layer (paper: 32 via the 0.08 M budget).
     seed: initializes the plugin weights, independently of SAM's.
+    center_offsets: subtract each example's spatial mean of the raw offsets before the tanh, so
+        the field holds deformations and no global translation (the offset network's features
+        share most of their energy across cells, so an uncentred last conv learns mostly a
+        translation). Off: the paper's form.
     """
 
     dsp_layers: tuple[int, ...] = (1,)
@@ -40,6 +44,7 @@ class PluginConfig:
     use_drp: bool = True
     drp_hidden_dim: int = 32
     seed: int = 0
+    center_offsets: bool = False
 
     def __post_init__(self):
         if self.sample not in SAMPLE_SOURCES:
@@ -49,12 +54,22 @@ class PluginConfig:
         object.__setattr__(self, "dsp_layers", tuple(int(i) for i in self.dsp_layers))
 
 
+def _pointwise(conv: Conv, x: jax.Array) -> jax.Array:
+    """`conv(x)` for a 1x1, stride-1, ungrouped `Conv`, as the matrix product it is."""
+    dtype = conv.dtype or x.dtype
+    kernel = conv.kernel[...]
+    kernel = kernel.reshape(kernel.shape[-2:]).astype(dtype)
+    y = jnp.dot(x.astype(dtype), kernel, precision=precision_for(dtype))
+    return y if conv.bias is None else y + conv.bias[...].astype(dtype)
+
+
 class DeformableSamplingPlugin(nnx.Module):
     """Offset network + bilinear resampling of the image tokens and their positional encoding."""
 
     def __init__(self, dim: int, config: PluginConfig, *, rngs: nnx.Rngs):
         self.offset_scale = config.offset_scale
         self.sample = config.sample
+        self.center_offsets = bool(config.center_offsets)
         self.proj = Conv(dim, dim, 1, rngs=rngs, param_type=PluginParam)
         self.dwconv = Conv(dim, dim, 5, padding=2, groups=dim, rngs=rngs, param_type=PluginParam)
         self.norm = LayerNorm(dim, eps=1e-5, param_type=PluginParam)
@@ -69,17 +84,42 @@ class DeformableSamplingPlugin(nnx.Module):
             kernel_init=lambda key, shape, dtype=jnp.float32: jnp.zeros(shape, dtype),
         )
 
+    def project(self, x_p: jax.Array) -> jax.Array:
+        """The offset network's first 1x1 conv: x_p [..., C] -> [..., C]."""
+        # The convolutions' modules hold the weights; the forms here compute the same
+        # convolutions faster on a CPU (XLA runs 1x1 convolutions slower than matrix products).
+        return _pointwise(self.proj, x_p)
+
+    def offsets_of_projected(self, projected: jax.Array) -> jax.Array:
+        """The rest of the offset network: `project(x_p)` [B, H, W, C] -> offsets [B, H, W, 2]
+        as (dy, dx) cells, float32."""
+        bias = None if self.dwconv.bias is None else self.dwconv.bias[...]
+        kernel = self.dwconv.kernel[...].astype(projected.dtype)
+        mixed = sampling.depthwise_conv_same(projected, kernel, bias)
+        hidden = gelu(self.norm(mixed))
+        raw = _pointwise(self.offset, hidden).astype(jnp.float32)
+        if self.center_offsets:
+            # The last conv is linear without bias: this equals centring `hidden` per channel.
+            raw = raw - raw.mean(axis=(1, 2), keepdims=True)
+        return self.offset_scale * jnp.tanh(raw)
+
     def offsets(self, x_p: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x_p [B, H, W, C] -> (offsets [B, H, W, 2] as (dy, dx) cells, projected features)."""
-        projected = self.proj(x_p)
-        hidden = gelu(self.norm(self.dwconv(projected)))
-        raw = self.offset(hidden).astype(jnp.float32)
-        return self.offset_scale * jnp.tanh(raw), projected
+        projected = self.project(x_p)
+        return self.offsets_of_projected(projected), projected
+
+    def positions(self, x_p: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x_p [B, H, W, C] -> (sampling positions p + dp [B, H, W, 2], projected features)."""
+        offsets, projected = self.offsets(x_p)
+        return ops.reference_grid(*x_p.shape[1:3])[None] + offsets, projected
 
     def __call__(self, x_p: jax.Array, pe: jax.Array):
-        """x_p, pe: [B, H, W, C]. Returns (positions [B, H, W, 2], x_{p+dp}, pe_{p+dp})."""
-        offsets, projected = self.offsets(x_p)
-        positions = ops.reference_grid(*x_p.shape[1:3])[None] + offsets
+        """x_p, pe: [B, H, W, C]. Returns (positions [B, H, W, 2], x_{p+dp}, pe_{p+dp}).
+
+        The paper's form, two resampled maps. The decoder computes the same attention keys and
+        values more cheaply by resampling them after SAM's projections
+        (`TwoWayAttentionBlock`)."""
+        positions, projected = self.positions(x_p)
         source = x_p if self.sample == "raw" else projected
         sample = jax.vmap(ops.bilinear_sample)
         return positions, sample(source, positions), sample(pe, positions)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from . import ops, sampling
 from .common import LayerNorm, Linear, MLPBlock, precision_for, relu
 from .plugins import DeformableSamplingPlugin, DynamicRoutingPlugin, PluginConfig
 
@@ -47,9 +48,21 @@ class Attention(nnx.Module):
         return_weights: bool = False,
     ):
         """q [B, Nq, C], k/v [B, Nk, C], key_mask [B, Nk] (False = ignore) -> [B, Nq, C]."""
-        q = self._separate_heads(self.q_proj(q))
-        k = self._separate_heads(self.k_proj(k))
-        v = self._separate_heads(self.v_proj(v))
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v), key_mask, return_weights)
+
+    def attend(
+        self,
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        key_mask: jax.Array | None = None,
+        return_weights: bool = False,
+    ):
+        """`__call__` after the q/k/v projections: q [B, Nq, D], k/v [B, Nk, D], D the internal
+        width -> [B, Nq, C] (and the weights [B, heads, Nq, Nk])."""
+        q = self._separate_heads(q)
+        k = self._separate_heads(k)
+        v = self._separate_heads(v)
         prec = precision_for(q.dtype)
         logits = jnp.einsum("bnqc,bnkc->bnqk", q, k, precision=prec) / math.sqrt(q.shape[-1])
         logits = logits.astype(jnp.float32)
@@ -60,6 +73,34 @@ class Attention(nnx.Module):
         b, n, nq, c = out.shape
         out = self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, nq, n * c))
         return (out, weights) if return_weights else out
+
+
+def _matmul(x: jax.Array, linear: Linear) -> jax.Array:
+    """`linear(x)` without its bias."""
+    dtype = linear.dtype or x.dtype
+    kernel = linear.kernel[...].astype(dtype)
+    return jnp.dot(x.astype(dtype), kernel, precision=precision_for(dtype))
+
+
+def _add_bias(x: jax.Array, linear: Linear) -> jax.Array:
+    dtype = linear.dtype or x.dtype
+    if linear.bias is None:
+        return x.astype(dtype)
+    return (x + linear.bias[...]).astype(dtype)
+
+
+def _one_prompt_at_a_time() -> bool:
+    """On a CPU the plugin's per-prompt temporaries (several 64x64x256 maps) should stay in cache
+    and be allocated once per call, not once per prompt (fresh memory costs a page fault per 4 KiB
+    on first touch); accelerators want the whole batch in each kernel."""
+    return jax.default_backend() == "cpu"
+
+
+def _over_prompts(fn, xs):
+    """`jax.vmap(fn)(xs)`, or the same as a loop (`lax.map`) where `_one_prompt_at_a_time`."""
+    if _one_prompt_at_a_time():
+        return jax.lax.map(fn, xs)
+    return jax.vmap(fn)(xs)
 
 
 class TwoWayAttentionBlock(nnx.Module):
@@ -101,28 +142,50 @@ class TwoWayAttentionBlock(nnx.Module):
         self.dsp = nnx.data(dsp)
         self.drp = nnx.data(drp)
 
-    def _plugin_keys(self, queries, keys, key_pe, hw, intermediates):
-        """Stable-SAM's key/value features for the token-to-image attention (paper Eq. 4-6)."""
-        b = keys.shape[0]
-        h, w = hw
-        x_p = keys.reshape(b, h, w, -1)
-        pe = jnp.broadcast_to(key_pe, keys.shape).reshape(b, h, w, -1)
+    def _plugin_attention(self, queries, q, keys, key_pe, hw, intermediates, return_weights):
+        """The token-to-image attention with Stable-SAM's keys and values (paper Eq. 4-6).
+
+        Bilinear resampling S is linear per channel, so it commutes with the key/value
+        projections: Wk(a1 S(x + pe) + a2 (x + pe)) + bk = a1 S(Wk(x + pe)) + a2 Wk(x + pe) + bk,
+        likewise Wv x. So SAM's own projections are computed once and only their 2 x D channels
+        are resampled, instead of two C-channel maps that are then projected. The biases stay
+        outside S, whose weights sum to less than 1 next to the border (zero padding).
+        """
+        attn = self.cross_attn_token_to_image
         dsp = cast(DeformableSamplingPlugin, self.dsp)  # only called when there is one
-        positions, sampled, sampled_pe = dsp(x_p, pe)
+        alpha = None if self.drp is None else self.drp(queries[:, 1, :])  # single-mask token
+        h, w = hw
+        # The projections as SAM computes them (one product over all prompts; keys + key_pe is
+        # the array the image-to-token attention below uses too).
+        x_pe = keys + key_pe
+        k_reg, v_reg = _matmul(x_pe, attn.k_proj), _matmul(keys, attn.v_proj)
+        projected = dsp.project(keys)
+        sources: tuple[jax.Array | None, jax.Array | None] = (None, None)  # "raw": regular k, v
+        if dsp.sample == "projected":
+            sources = (_matmul(projected + key_pe, attn.k_proj), _matmul(projected, attn.v_proj))
+
+        def one_prompt(args):
+            proj, k_reg, v_reg, k_src, v_src, q_p, a = args  # [H*W, C|D] x 5, [Nt, D], [2]|None
+            if k_src is None:
+                k_src, v_src = k_reg, v_reg
+            offsets = dsp.offsets_of_projected(proj.reshape(1, h, w, -1))[0]
+            positions = ops.reference_grid(h, w) + offsets
+            corners = sampling.bilinear_corners(positions.reshape(h * w, 2), hw)
+            k = sampling.gather_bilinear(k_src, *corners)
+            v = sampling.gather_bilinear(v_src, *corners)
+            if a is not None:
+                k, v = a[0] * k + a[1] * k_reg, a[0] * v + a[1] * v_reg
+            k, v = _add_bias(k, attn.k_proj), _add_bias(v, attn.v_proj)
+            out = attn.attend(q_p[None], k[None], v[None], return_weights=return_weights)
+            out, weights = out if return_weights else (out, None)
+            return out[0], None if weights is None else weights[0], positions
+
+        xs = (projected, k_reg, v_reg, *sources, attn.q_proj(q), alpha)
+        out, weights, positions = _over_prompts(one_prompt, xs)
         intermediates["dsp_positions"] = positions
-        if self.drp is not None:
-            # The single-mask output token (index 1) as it enters this attention.
-            alpha = self.drp(queries[:, 1, :])  # [B, 2]
+        if alpha is not None:
             intermediates["drp_alpha"] = alpha
-            a1 = alpha[:, 0, None, None, None]
-            a2 = alpha[:, 1, None, None, None]
-            mixed = a1 * sampled + a2 * x_p
-            mixed_pe = a1 * sampled_pe + a2 * pe
-        else:
-            mixed, mixed_pe = sampled, sampled_pe
-        mixed = mixed.reshape(keys.shape).astype(keys.dtype)
-        mixed_pe = mixed_pe.reshape(keys.shape).astype(keys.dtype)
-        return mixed + mixed_pe, mixed
+        return out, weights
 
     def __call__(
         self,
@@ -146,10 +209,13 @@ class TwoWayAttentionBlock(nnx.Module):
 
         q = queries + query_pe
         if self.dsp is not None:
-            k, v = self._plugin_keys(queries, keys, key_pe, hw, intermediates)
+            attn_out, weights = self._plugin_attention(
+                queries, q, keys, key_pe, hw, intermediates, return_intermediates
+            )
         else:
-            k, v = keys + key_pe, keys
-        attn_out, weights = self.cross_attn_token_to_image(q, k, v, return_weights=True)
+            attn_out, weights = self.cross_attn_token_to_image(
+                q, keys + key_pe, keys, return_weights=True
+            )
         if return_intermediates:
             intermediates["token_to_image_attn"] = weights  # [B, heads, Nt, H*W]
         queries = self.norm2(queries + attn_out)

@@ -3,8 +3,8 @@
 No real SAM weights can be downloaded where this project is built, so the demo's frozen "SAM" is
 one this package trains itself (`train/configs/demo_pretrain.py`) and ships as `vit_demo_sam.npz`:
 every SAM weight under its dotted name, stored as float16 to keep the file small, plus a JSON
-`__meta__` entry saying how it was made. `python -m stablesam_jax.commands.export_pretrained`
-writes it.
+`__meta__` entry saying how it was made, with a sha256 digest of every stored array ("digests"),
+checked by `read_npz`. `python -m stablesam_jax.commands.export_pretrained` writes it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt
 from ..builder import build_sam, save_sam
+from ..utils.digest import DIGEST_ALGORITHM, array_digests
 from ..utils.io import atomic_write
 
 DEMO_MODEL_TYPE = "vit_demo"
@@ -30,7 +31,23 @@ PRETRAIN_COMMAND = (
 
 
 def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """(flat float32 weights, metadata) from a packaged `.npz` weight file."""
+    """(flat float32 weights, metadata) from a packaged `.npz` weight file, every stored array
+    checked against its digest (CheckpointError on a mismatch; a warning for a file without)."""
+    stored, meta = read_stored(path)
+    advice = (
+        "Reinstall stablesam-jax (or restore the file from its repository), or rebuild it with:\n  "
+        + PRETRAIN_COMMAND
+    )
+    ckpt.verify_digests(stored, meta.get("digests"), str(path), advice)
+    flat = {
+        name: value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
+        for name, value in stored.items()
+    }
+    return flat, meta
+
+
+def read_stored(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """(the arrays exactly as stored, metadata) from a packaged `.npz`, unchecked."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -40,20 +57,16 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         if META_KEY not in data.files:
             raise ValueError(f"{path} has no {META_KEY} entry: not a stablesam-jax weight file")
         meta = json.loads(str(data[META_KEY]))
-        flat = {
-            name: data[name].astype(np.float32)
-            if np.issubdtype(data[name].dtype, np.floating)
-            else data[name]
-            for name in data.files
-            if name != META_KEY
-        }
-    return flat, meta
+        stored = {name: data[name] for name in data.files if name != META_KEY}
+    return stored, meta
 
 
 def write_npz(
     path: str | os.PathLike, flat: dict[str, np.ndarray], meta: dict, dtype=np.float16
 ) -> Path:
-    """Stores `flat` with floating arrays cast to `dtype`; refuses values the cast would ruin."""
+    """Stores `flat` with floating arrays cast to `dtype`, and the stored arrays' digests in the
+    metadata; refuses values the cast would ruin. Casting float16 values to float16 changes no
+    bit, so `write_npz(path, *read_stored(path))` rewrites only the metadata."""
     path = Path(path)
     stored = {}
     for name, value in flat.items():
@@ -64,7 +77,13 @@ def write_npz(
                 raise ValueError(f"{name}: |value| exceeds the {np.dtype(dtype).name} range")
             value = value.astype(dtype)
         stored[name] = value
-    stored[META_KEY] = np.array(json.dumps({**meta, "stored_dtype": np.dtype(dtype).name}))
+    meta = {
+        **meta,
+        "stored_dtype": np.dtype(dtype).name,
+        "digest_algorithm": DIGEST_ALGORITHM,
+        "digests": array_digests(stored),
+    }
+    stored[META_KEY] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez_compressed(f, **stored))
     return path

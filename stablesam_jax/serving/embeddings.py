@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+# The manifests' weight checksum is the checkpoints' digest helper (one copy), re-exported here.
+from ..utils.digest import weights_digest as weights_digest
 from ..utils.embedding import ImageEmbedding
 from ..utils.io import atomic_write
 
@@ -26,16 +28,6 @@ class ServingError(ValueError):
 
 # The serving name of the one embedding record (the predictor's and the evaluation's too).
 Embedding = ImageEmbedding
-
-
-def weights_digest(weights: dict) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        a = np.ascontiguousarray(weights[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _features_digest(features: np.ndarray) -> str:

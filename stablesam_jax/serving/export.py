@@ -7,12 +7,24 @@ vit_b --checkpoint CKPT [--plugins P] --out DIR`) writes to DIR:
   decoder.jaxexport   f(weights, image_embeddings f32[1, g, g, C], point_coords f32[n, p, 2],
                         point_labels i32[n, p], boxes f32[n, 4], box_valid bool[n],
                         mask_input f32[n, 4g, 4g], mask_valid bool[n])
-                      -> (low_res_logits f32[n, 4, 4g, 4g], iou_predictions f32[n, 4])
+                      -> (low_res_logits f32[n, M, 4g, 4g], iou_predictions f32[n, 4])
                       (prompt count n and points per prompt p symbolic; the fixed-shape prompt
                       path `encode_padded`, so one artifact serves points, boxes, masks and any
-                      mix; output 0 is the single-mask output, 1..3 the multimask outputs)
+                      mix; output 0 is the single-mask output, 1..3 the multimask outputs, and
+                      for HQ-SAM (M = 5) 4 the HQ token's mask, which the runtime adds)
+  C is the model's embedding width (`SamConfig.embedding_channels`): 256, or for HQ-SAM 256
+  plus the early encoder features the encoder appends (manifest `embedding_dim`, `hq`).
   encoder_weights.npz, decoder_weights.npz   {dotted name: array}
   manifest.json       sizes, preprocessing constants, checksums, versions
+
+Platforms (`platforms=`, the command's `--platforms`): any of SUPPORTED_PLATFORMS, default
+DEFAULT_PLATFORMS (cpu, cuda, tpu); one artifact holds code for each, and the runtime runs it
+on whichever is present. Lowering for a platform needs no such device (tests lower the encoder,
+the decoder with the plugins and the train step for tpu and cuda on a CPU); running the artifacts
+is tested on a CPU. An encoder whose fast path picks cuDNN's fused attention (bfloat16,
+attention_impl="fast" or "folded_cudnn", exported on a GPU host) cannot share one artifact
+between cuda and another platform: export it for ("cuda",) alone (on any other platform alone the
+encoder traces XLA's attention instead), or build it with attention_impl="bias".
 
 Weights are a separate argument, not baked in: a vit_h encoder's 2.5 GB of constants would
 exceed the 2 GB protobuf limit of a serialized module, constant folding makes compiles slow and
@@ -36,6 +48,8 @@ from .. import __version__
 from ..builder import build_sam, build_stable_sam
 from ..checkpoint import path_name, read_meta
 from ..constants import PIXEL_MEAN, PIXEL_STD
+from ..modeling import ops
+from ..modeling.image_encoder import Attention
 from ..modeling.sam import Sam, decode_padded_prompts
 from ..utils.io import atomic_write
 from .runtime import (
@@ -49,7 +63,9 @@ from .runtime import (
     weights_digest,
 )
 
-DEFAULT_PLATFORMS = ("cpu", "cuda")
+# jax.export's platform names ("gpu" is not one: it names CUDA or ROCm).
+SUPPORTED_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def _flat_state(node) -> tuple[nnx.GraphDef, dict[str, np.ndarray], list]:
@@ -120,6 +136,7 @@ def export_model(
 ) -> dict:
     """Writes the two artifacts, their weights and manifest.json into out_dir; returns the
     manifest. Refuses to overwrite existing artifacts unless `force`."""
+    check_platforms(model, platforms)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     existing = [
@@ -143,7 +160,7 @@ def export_model(
     decode, dec_weights = decoder_function(model)
     dec = jax.export.export(jax.jit(decode), platforms=platforms)(
         _spec(dec_weights),
-        jax.ShapeDtypeStruct((1, grid, grid, cfg.prompt_embed_dim), f32),
+        jax.ShapeDtypeStruct((1, grid, grid, cfg.embedding_channels), f32),
         jax.ShapeDtypeStruct((n, p, 2), f32),
         jax.ShapeDtypeStruct((n, p), jnp.int32),
         jax.ShapeDtypeStruct((n, 4), f32),
@@ -168,7 +185,9 @@ def export_model(
         "plugin_config": None if plugin_config is None else dataclasses.asdict(plugin_config),
         "img_size": cfg.img_size,
         "embedding_size": grid,
-        "embedding_dim": cfg.prompt_embed_dim,
+        "embedding_dim": cfg.embedding_channels,
+        # The decoder returns the HQ mask after SAM's four; absent (older exports) means SAM.
+        "hq": bool(cfg.hq),
         "low_res_size": low_res,
         "mask_threshold": float(model.mask_threshold),
         "image_format": model.image_format,
@@ -185,6 +204,37 @@ def export_model(
     }
     atomic_write(os.path.join(out_dir, MANIFEST_FILE), json.dumps(manifest, indent=2))
     return manifest
+
+
+def check_platforms(model: Sam, platforms: tuple[str, ...]) -> None:
+    """Raises ValueError, saying what to pass instead, for platforms no artifact can hold."""
+    platforms = tuple(platforms)
+    unknown = [p for p in platforms if p not in SUPPORTED_PLATFORMS]
+    if not platforms or unknown:
+        hint = ' ("gpu" is "cuda" or "rocm")' if "gpu" in unknown else ""
+        raise ValueError(
+            f"platforms={platforms!r}: give one or more of {SUPPORTED_PLATFORMS}{hint}"
+        )
+    if "cuda" in platforms and len(platforms) > 1 and _traces_cudnn_attention(model):
+        raise ValueError(
+            f"platforms={platforms!r}: this encoder runs cuDNN's fused attention on this GPU, "
+            "whose code lowers for cuda only; export platforms=('cuda',) alone, or build the "
+            "model with attention_impl='bias' for one artifact for every platform"
+        )
+
+
+def _traces_cudnn_attention(model: Sam) -> bool:
+    # Conservative: SAM's window attention always fits cuDNN's head-dim limit in 16 bits.
+    if ops.cudnn_attention_head_dim_limit() == 0:
+        return False
+    for _, node in nnx.iter_graph(model.image_encoder):
+        if not isinstance(node, Attention) or node.attention_impl not in ("fast", "folded_cudnn"):
+            continue
+        dtype = node.qkv.dtype
+        half = dtype is not None and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        if node.attention_impl == "folded_cudnn" or half:
+            return True
+    return False
 
 
 def build_for_export(

@@ -13,25 +13,26 @@ the export directory and the package's numpy-only helpers (`constants`, `utils`)
 Prompts are in original-image pixels like `SamPredictor.predict_batch`: point_coords [n, p, 2],
 point_labels [n, p] (1 foreground, 0 background, -2 an empty slot), boxes [n, 4] XYXY,
 mask_input [n, 4g, 4g] low-res logits; the prompt count n and the points per prompt p are padded
-to buckets so new counts rarely compile. A saved embedding also works with
+to buckets so new counts rarely compile. An HQ-SAM export (manifest `hq`) returns one mask per
+prompt, as `SamPredictor`, and takes `hq_token_only`. A saved embedding also works with
 `SamPredictor.set_embedding` (it has `features`, `original_size` and `input_size`).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
-import json
 import os
+import zipfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..constants import PAD_LABEL
 from ..utils.batching import DEFAULT_PROMPT_BUCKETS, bucket, pad_rows, round_up
+from ..utils.chunking import plan_exported_decode, run_in_chunks
 from ..utils.compilation_cache import enable_persistent_cache
 from ..utils.transforms import ResizeLongestSide
+from ..utils.validation import single_prompt, validate_prompts
 from .embeddings import (
     EMBEDDING_FORMAT,
     EMBEDDING_FORMAT_VERSION,
@@ -41,6 +42,8 @@ from .embeddings import (
     save_embedding,
     weights_digest,
 )
+from .manifest import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, MANIFEST_FILE, read_manifest
+from .outputs import TRACE_COUNTS, postprocess, postprocess_matrices, select_hq
 
 __all__ = [
     "DECODER_FILE",
@@ -62,9 +65,6 @@ __all__ = [
     "weights_digest",
 ]
 
-EXPORT_FORMAT = "stablesam-jax-export"
-EXPORT_FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.jaxexport"
 DECODER_FILE = "decoder.jaxexport"
 ENCODER_WEIGHTS_FILE = "encoder_weights.npz"
@@ -72,40 +72,6 @@ DECODER_WEIGHTS_FILE = "decoder_weights.npz"
 DEFAULT_POINT_BUCKETS = (1, 2, 4, 8, 16, 32)
 DEFAULT_IMAGE_BUCKETS = (1, 2, 4, 8)
 SIZE_MULTIPLE = 64
-# Traces per wrapped program (a trace is a compile); tests use it to check bucket reuse.
-TRACE_COUNTS: collections.Counter = collections.Counter()
-
-
-@functools.lru_cache(maxsize=64)
-def _linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """torch bilinear (align_corners=False, no antialias) along one axis, as a matrix."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = src - lo
-    m = np.zeros((out_size, in_size), np.float64)
-    np.add.at(m, (np.arange(out_size), lo), 1.0 - frac)
-    np.add.at(m, (np.arange(out_size), hi), frac)
-    return m
-
-
-def _postprocess_matrices(low_res: int, img_size: int, input_size, original_size):
-    """Per-axis matrices for upscale-to-img_size, crop-to-input_size, resize-to-original."""
-    out = []
-    for axis in (0, 1):
-        up = _linear_resize_matrix(low_res, img_size)[: input_size[axis]]
-        down = _linear_resize_matrix(input_size[axis], original_size[axis])
-        out.append((down @ up).astype(np.float32))
-    return out
-
-
-@jax.jit
-def _postprocess(low_res, ry, rx):
-    TRACE_COUNTS["postprocess"] += 1
-    hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("nmlk,wk->nmlw", low_res, rx, precision=hi)
-    return jnp.einsum("hl,nmlw->nmhw", ry, x, precision=hi)
 
 
 # ----------------------------------------------------------------------------- the loader
@@ -138,22 +104,15 @@ class ExportedSam:
                 f"{self.directory} has no {MANIFEST_FILE}: export a model first with "
                 "python -m stablesam_jax.commands.export --model-type ... --out DIR"
             )
-        with open(manifest_path) as f:
-            self.manifest = json.load(f)
-        if self.manifest.get("format") != EXPORT_FORMAT:
-            raise ServingError(f"{manifest_path} is not a stablesam-jax export manifest")
-        if int(self.manifest["format_version"]) > EXPORT_FORMAT_VERSION:
-            raise ServingError(
-                f"{self.directory} uses export format {self.manifest['format_version']}; this "
-                f"loader knows up to {EXPORT_FORMAT_VERSION}"
-            )
-        m = self.manifest
+        self.manifest = m = read_manifest(manifest_path)
         self.model_type = m["model_type"]
         self.img_size = int(m["img_size"])
         self.transform = ResizeLongestSide(self.img_size)
         self.low_res_size = int(m["low_res_size"])
         self.mask_threshold = float(m["mask_threshold"])
         self.encoder_id = m["encoder_id"]
+        # Exports older than HQ-SAM support have no "hq": they are SAM or Stable-SAM.
+        self.hq = bool(m.get("hq", False))
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.point_buckets = tuple(sorted(point_buckets))
         self.image_buckets = tuple(sorted(image_buckets))
@@ -172,6 +131,9 @@ class ExportedSam:
         with open(artifact_path, "rb") as f:
             try:
                 exported = jax.export.deserialize(bytearray(f.read()))
+                # Deserializing is lazy: reading the module now makes a damaged artifact fail
+                # here, naming its file, instead of at the first call.
+                exported.mlir_module()
             except Exception as e:  # noqa: BLE001 - any failure means "unusable artifact"
                 raise ServingError(f"{artifact_path} could not be deserialized ({e})") from e
         platform = jax.default_backend()
@@ -182,8 +144,14 @@ class ExportedSam:
                 f"{artifact_path} was exported for {exported.platforms}, not {platform}; "
                 f"re-export with --platforms {platform}"
             )
-        with np.load(weights_path, allow_pickle=False) as data:
-            weights = {k: data[k] for k in data.files}
+        try:
+            with np.load(weights_path, allow_pickle=False) as data:
+                weights = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ServingError(
+                f"{weights_path} cannot be read ({e}): it is truncated or damaged; re-export "
+                "the model"
+            ) from e
         if verify and weights_digest(weights) != entry["weights_sha256"]:
             raise ServingError(f"{weights_path} does not match its checksum in the manifest")
         weights = jax.device_put(weights)
@@ -238,9 +206,11 @@ class ExportedSam:
         g = int(self.manifest["embedding_size"])
         expected = (g, g, int(self.manifest["embedding_dim"]))
         if features.shape != expected:
+            hq = " (SAM's 256, then the early encoder features)" if self.hq else ""
             raise ServingError(
                 f"embedding features {features.shape} do not fit this {self.model_type} "
-                f"decoder (expects {expected}, channels last)"
+                f"decoder (expects {expected}, channels last{hq}); encode the image with this "
+                "export's encoder"
             )
         other = getattr(embedding, "encoder_id", "")
         if other and other != self.encoder_id:
@@ -259,44 +229,56 @@ class ExportedSam:
         mask_input=None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ):
         """Many prompts on one embedding. Returns (masks [n, M, H, W] bool (or logits),
-        iou [n, M], low_res [n, M, 4g, 4g]) as numpy, M = 3 with multimask_output, else 1."""
+        iou [n, M], low_res [n, M, 4g, 4g]) as numpy, M = 3 with multimask_output, else 1;
+        an HQ-SAM export always M = 1 (as `SamPredictor`), the HQ mask alone with
+        hq_token_only (refused by other exports)."""
+        if hq_token_only and not self.hq:
+            raise ValueError(
+                f"hq_token_only=True needs an HQ-SAM export (hq_vit_*); this {self.model_type} "
+                "export is SAM: drop hq_token_only, or export an HQ-SAM model"
+            )
         features = self._check_embedding(embedding)
         original_size = tuple(int(v) for v in embedding.original_size)
         input_size = tuple(int(v) for v in embedding.input_size)
-        given = [x for x in (point_coords, boxes, mask_input) if x is not None]
-        n = len(np.asarray(given[0])) if given else 1
         low = self.low_res_size
+        prompts = validate_prompts(
+            point_coords,
+            point_labels,
+            boxes,
+            original_size,
+            mask_input,
+            mask_size=(low, low),
+            allow_pad=True,
+        )
+        n = prompts.count
+        several = multimask_output and not self.hq  # HQ-SAM returns one mask either way
+        sizes = (self.manifest, n, original_size, SIZE_MULTIPLE, several, return_logits)
+        chunk = plan_exported_decode(*sizes, self.prompt_buckets)
+        if chunk < n:  # too big for the device: bucket-sized calls, one compile
+            options = dict(
+                multimask_output=multimask_output,
+                return_logits=return_logits,
+                hq_token_only=hq_token_only,
+            )
+            decode = functools.partial(self.decode, embedding, **options)
+            inputs = [prompts.point_coords, prompts.point_labels, prompts.boxes, prompts.mask_input]
+            return run_in_chunks(decode, n, chunk, inputs)
         coords = np.zeros((n, 1, 2), np.float64)
         labels = np.full((n, 1), PAD_LABEL, np.int32)
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be given with point_coords")
-            coords = np.asarray(point_coords, np.float64)
-            labels = np.asarray(point_labels, np.int32)
-            if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
-                raise ValueError(
-                    f"point_coords must be [n, p, 2] with point_labels [n, p]; got "
-                    f"{coords.shape} and {labels.shape}"
-                )
-            coords = self.transform.apply_coords(coords, original_size)
+        if prompts.point_coords is not None:
+            coords = self.transform.apply_coords(prompts.point_coords, original_size)
+            labels = prompts.point_labels
         box_in = np.zeros((n, 4), np.float64)
-        box_valid = np.zeros((n,), bool)
-        if boxes is not None:
-            box_in = np.asarray(boxes, np.float64).reshape(-1, 4)
-            box_in = self.transform.apply_boxes(box_in, original_size)
-            box_valid = np.ones((len(box_in),), bool)
-        masks_in = np.zeros((n, low, low), np.float32)
-        mask_valid = np.zeros((n,), bool)
-        if mask_input is not None:
-            masks_in = np.asarray(mask_input, np.float32).reshape(-1, low, low)
-            mask_valid = np.ones((len(masks_in),), bool)
-        if not (len(coords) == len(box_in) == len(masks_in) == n):
-            raise ValueError(
-                f"prompt counts disagree: {len(coords)} point sets, {len(box_in)} boxes, "
-                f"{len(masks_in)} masks"
-            )
+        box_valid = np.full((n,), prompts.boxes is not None)
+        if prompts.boxes is not None:
+            box_in = self.transform.apply_boxes(prompts.boxes, original_size)
+        masks_in = prompts.mask_input
+        mask_valid = np.full((n,), masks_in is not None)
+        if masks_in is None:
+            masks_in = np.zeros((n, low, low), np.float32)
         rows = bucket(n, self.prompt_buckets)
         points = bucket(coords.shape[1], self.point_buckets)
         padded_coords = np.zeros((rows, points, 2), np.float32)
@@ -313,12 +295,15 @@ class ExportedSam:
             pad_rows(masks_in, rows, fill=0),
             pad_rows(mask_valid, rows, fill=0),
         )
-        sl = slice(1, None) if multimask_output else slice(0, 1)
-        low_res, iou = low_res[:, sl], iou[:, sl]
-        ry, rx = _postprocess_matrices(low, self.img_size, input_size, original_size)
+        if self.hq:
+            low_res, iou = select_hq(low_res, iou, bool(multimask_output), bool(hq_token_only))
+        else:
+            sl = slice(1, None) if multimask_output else slice(0, 1)
+            low_res, iou = low_res[:, sl], iou[:, sl]
+        ry, rx = postprocess_matrices(low, self.img_size, input_size, original_size)
         h, w = original_size
         hb, wb = round_up(h, SIZE_MULTIPLE), round_up(w, SIZE_MULTIPLE)
-        logits = _postprocess(low_res, pad_rows(ry, hb, fill=0), pad_rows(rx, wb, fill=0))
+        logits = postprocess(low_res, pad_rows(ry, hb, fill=0), pad_rows(rx, wb, fill=0))
         logits = np.asarray(logits)[:n, :, :h, :w]
         masks = logits if return_logits else logits > self.mask_threshold
         return masks, np.asarray(iou)[:n], np.asarray(low_res)[:n]
@@ -332,16 +317,15 @@ class ExportedSam:
         mask_input=None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ):
         """One prompt (like `SamPredictor.predict`): point_coords [p, 2], point_labels [p],
         box [4], mask_input [4g, 4g]. Returns (masks [M, H, W], iou [M], low_res [M, 4g, 4g])."""
         out = self.decode(
             embedding,
-            None if point_coords is None else np.asarray(point_coords)[None],
-            None if point_labels is None else np.asarray(point_labels)[None],
-            None if box is None else np.asarray(box).reshape(1, 4),
-            None if mask_input is None else np.asarray(mask_input)[None],
+            *single_prompt(point_coords, point_labels, box, mask_input, batch_method="decode"),
             multimask_output,
             return_logits,
+            hq_token_only,
         )
         return tuple(o[0] for o in out)

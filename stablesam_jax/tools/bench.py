@@ -5,7 +5,7 @@ The command is `python -m stablesam_jax.commands.bench`; the official PyTorch si
 Random weights (speed does not depend on their values). Every result is one JSON line on
 stdout with the date, device, software versions and the command that produced it. Times are
 wall clock after warm-up, each call synchronized (`block_until_ready`); medians and minima over
-`iters` calls.
+`iters` calls. FLOP counts and peak figures: `stablesam_jax.tools.flops`.
 """
 
 from __future__ import annotations
@@ -25,65 +25,9 @@ from flax import nnx
 
 from .. import builder
 from ..modeling.sam import decode_prompts
-
-# Dense peak TFLOP/s per device, (16-bit tensor cores, float32 without TF32): vendor figures.
-# Device kinds are matched by substring, first match wins (so "H100 PCIe" before "H100").
-PEAK_TFLOPS = (
-    ("H100 PCIe", (756.0, 51.0)),
-    ("H100 NVL", (835.0, 60.0)),
-    ("H100", (989.0, 67.0)),
-    ("H200", (989.0, 67.0)),
-    ("GH200", (989.0, 67.0)),
-    ("A100", (312.0, 19.5)),
-    ("L4", (121.0, 30.3)),
-)
+from .flops import encoder_flops, peak_tflops
 
 DEFAULT_PROMPT_COUNTS = (1, 16, 64, 256)
-
-
-# ----------------------------------------------------------------------------- FLOP counts
-
-
-def encoder_flops(config, *, windowed_projection_on_padding: bool = True) -> float:
-    """FLOPs (2 x multiply-adds) of one image through SAM's image encoder, as the official
-    algorithm computes it: the model's cost, independent of how an implementation runs it.
-
-    windowed_projection_on_padding: the official code projects qkv and output of padded window
-    tokens too; False counts what the fast path does (it skips them)."""
-    dim = config.encoder_embed_dim
-    grid = config.img_size // config.patch_size
-    tokens = grid * grid
-    window = config.window_size
-    padded_side = -(-grid // window) * window
-    head_dim = dim // config.encoder_num_heads
-    heads = config.encoder_num_heads
-    mlp = 4 * dim
-
-    def attention(n_tokens_per_seq: int, n_seqs: int, side: int) -> float:
-        qk_and_pv = 2 * 2 * n_tokens_per_seq * n_tokens_per_seq * head_dim * heads
-        rel_pos = 2 * n_tokens_per_seq * (2 * side) * head_dim * heads
-        return n_seqs * (qk_and_pv + rel_pos)
-
-    total = 2 * tokens * (config.patch_size**2 * 3) * dim  # patch embedding
-    for i in range(config.encoder_depth):
-        if i in config.encoder_global_attn_indexes:
-            projected = tokens
-            total += attention(tokens, 1, grid)
-        else:
-            projected = padded_side**2 if windowed_projection_on_padding else tokens
-            total += attention(window * window, (padded_side // window) ** 2, window)
-        total += 2 * projected * dim * (3 * dim + dim)  # qkv, proj
-        total += 2 * tokens * dim * mlp * 2  # MLP
-    out = config.prompt_embed_dim
-    total += 2 * tokens * dim * out + 2 * tokens * out * out * 9  # neck: 1x1 and 3x3 convs
-    return float(total)
-
-
-def peak_tflops(device_kind: str, dtype: str) -> float | None:
-    for name, (half, single) in PEAK_TFLOPS:
-        if name.lower() in device_kind.lower():
-            return half if dtype in ("bfloat16", "float16") else single
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +80,26 @@ def ms_stats(times: list[float]) -> dict:
     }
 
 
-def _peak_memory_bytes(device) -> int | None:
+def peak_memory_bytes(device) -> int | None:
+    """The device allocator's peak so far (this process), where the backend reports one (GPU,
+    TPU; not a CPU)."""
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if not stats:
         return None
     return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0))) or None
+
+
+def program_memory(compiled) -> dict:
+    """What XLA planned for one compiled program: bytes of its arguments, outputs and temporaries
+    (per program, unlike the allocator's process-wide peak); {} where the backend says nothing."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend offers a memory analysis
+        return {}
+    if stats is None:
+        return {}
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+    return {f"program_{name.split('_size')[0]}_bytes": int(getattr(stats, name)) for name in fields}
 
 
 def _xla_flops(compiled) -> float | None:
@@ -177,9 +136,12 @@ class Context:
             "command": command,
         }
         self.settings = settings
+        self.records: list[dict] = []  # everything emitted, in order
 
     def emit(self, record: dict) -> None:
-        print(json.dumps({**record, **self.common}), flush=True)
+        record = {**record, **self.common}
+        self.records.append(record)
+        print(json.dumps(record), flush=True)
 
 
 _DTYPES = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -256,7 +218,8 @@ def bench_encoder(ctx: Context, model) -> dict:
         "achieved_tflops": round(achieved, 3),
         "peak_tflops": peak,
         "share_of_peak": None if peak is None else round(achieved / peak, 4),
-        "peak_memory_bytes": _peak_memory_bytes(ctx.device),
+        "peak_memory_bytes": peak_memory_bytes(ctx.device),
+        **program_memory(compiled),
         "iters": settings.iters,
         "warmup": settings.warmup,
     }
@@ -317,8 +280,37 @@ def bench_decoder(ctx: Context, model, plugins: bool) -> list[dict]:
             "dtype": settings.dtype,
             **ms_stats(times),
             "compile_s": round(compile_s, 2),
+            **program_memory(compiled),
             "iters": settings.iters,
         }
         ctx.emit(record)
         records.append(record)
     return records
+
+
+def run(
+    ctx: Context,
+    *,
+    parts=("encoder", "decoder"),
+    plugins: bool = False,
+    compare_torch: bool = False,
+    model_type: str | None = None,
+) -> tuple[dict | None, list[dict]]:
+    """One model size (default: the settings'): the encoder and/or the decoder (also with the
+    plugins), then the official PyTorch SAM on the same shapes. Returns (encoder record or None,
+    decoder records); every record is also in `ctx.records`."""
+    if compare_torch:
+        # torch is optional (the `dev` extra): only the comparison needs it.
+        from . import bench_torch
+    model = build_model(ctx.settings, plugins=False, model_type=model_type)
+    encoder, decoder = None, []
+    if "encoder" in parts:
+        encoder = bench_encoder(ctx, model)
+    if "decoder" in parts:
+        decoder += bench_decoder(ctx, model, plugins=False)
+        if plugins:
+            stable = build_model(ctx.settings, plugins=True, model_type=model_type)
+            decoder += bench_decoder(ctx, stable, plugins=True)
+    if compare_torch:
+        bench_torch.bench_torch(ctx, model.config, encoder, decoder)
+    return encoder, decoder

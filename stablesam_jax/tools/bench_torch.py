@@ -132,6 +132,10 @@ def bench_torch(ctx: Context, config, jax_encoder: dict | None, jax_decoder: lis
     if jax_encoder is not None:
         _encoder(ctx, sam, config, device, jax_encoder)
     _decoder(ctx, sam, config, device, jax_decoder)
+    if device == "cuda":
+        # Back to the GPU, for whatever runs next in this process (JAX's next model, say).
+        del sam
+        torch.cuda.empty_cache()
 
 
 def _official_predictor(device: str | None, model_type: str):

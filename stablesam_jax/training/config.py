@@ -7,6 +7,8 @@ can also be overridden on the command line (`--config.batch_size=8`).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -52,6 +54,7 @@ def _add_model_fields(c: ml_collections.ConfigDict) -> None:
             use_drp=True,
             drp_hidden_dim=32,
             seed=0,  # plugin initialization, independent of model_seed (SAM's)
+            center_offsets=False,  # True: no global translation (PluginConfig.center_offsets)
         )
     )
     c.trainable = (
@@ -61,7 +64,7 @@ def _add_model_fields(c: ml_collections.ConfigDict) -> None:
     c.init_checkpoint = _placeholder(str)  # any stablesam-jax checkpoint loaded over the model
     c.model_seed = 0
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (weights stay float32)
-    c.attention_impl = "reference"  # encoder attention: reference / folded / folded_cudnn
+    c.attention_impl = "reference"  # encoder attention: modeling.image_encoder.ATTENTION_IMPLS
 
 
 def _add_schedule_fields(c: ml_collections.ConfigDict) -> None:
@@ -81,6 +84,7 @@ def _add_schedule_fields(c: ml_collections.ConfigDict) -> None:
             lr_drop_factor=0.1,
             warmup_steps=0,
             grad_clip_norm=0.0,  # 0 = no clipping (the paper clips nothing)
+            dsp_lr_multiplier=1.0,  # the DSP's lr = this x learning_rate (Deformable DETR: 0.1)
         )
     )
     c.loss = ml_collections.ConfigDict(
@@ -157,15 +161,16 @@ def paper_config() -> ml_collections.ConfigDict:
     config.data.source = "hqseg44k"
     config.data.num_workers = 8
     config.dtype = "bfloat16"  # compute only; weights, optimizer state and loss stay float32
-    config.attention_impl = "folded_cudnn"
+    # cuDNN's fused kernel on a GPU where it fits, XLA elsewhere (TPU, CPU): one config for all.
+    config.attention_impl = "fast"
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
     return config
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError (ValueError for an unknown trainable subset) naming the field to fix."""
-    for check in (_check_model, _check_batch, _check_data, _check_length):
+    """Raises ConfigError naming the field to fix."""
+    for check in (_check_model, _check_batch, _check_data, _check_length, _check_checkpoints):
         message = check(config)
         if message:
             raise ConfigError(message)
@@ -180,7 +185,10 @@ def _check_model(config) -> str | None:
             f"config.image_size={config.image_size} but {config.model_type} takes {img_size} px "
             f"inputs: set image_size={img_size} (or leave it unset)"
         )
-    subset_filter(config.trainable)
+    try:
+        subset_filter(config.trainable)
+    except ValueError as error:
+        return f"config.trainable={config.trainable!r}: {error}"
     if config.trainable == "plugins" and not config.with_plugins:
         return "config.trainable='plugins' needs config.with_plugins=True"
     if config.dtype not in DTYPES:
@@ -224,4 +232,16 @@ def _check_length(config) -> str | None:
         return f"config.num_epochs must be positive, got {config.num_epochs}"
     if config.total_steps is not None and config.total_steps < 1:
         return f"config.total_steps must be >= 1, got {config.total_steps}"
+    return None
+
+
+def _check_checkpoints(config) -> str | None:
+    # Checked here, before the workdir is made or data read; their contents are checked on load.
+    for field in ("sam_checkpoint", "init_checkpoint"):
+        path = config.get(field)
+        if path and "://" not in path and not os.path.exists(path):
+            return (
+                f"config.{field}={path!r} does not exist: give a converted checkpoint directory "
+                "(convert official weights with convert/torch_to_flax.py), or unset it"
+            )
     return None

@@ -6,7 +6,7 @@ data stream, checks and logs its metrics, checkpoints, exports and resumes.
 
 A workdir holds: `checkpoints/` (Orbax CheckpointManager; per step: `state` = trainable weights,
 optimizer state, step and RNG; `data` = every process's data-iterator state; `meta` = the run
-identity and config), `export/` (the trained weights in the form `build_stable_sam(...,
+identity, the config and a sha256 digest of every array of `state`, checked on resume), `export/` (the trained weights in the form `build_stable_sam(...,
 plugins=...)` / `build_sam(..., checkpoint=...)` read), `tensorboard/`, `train_metrics.jsonl`
 (one line per step) and `config.json`. Starting on a workdir that has checkpoints resumes from the
 latest (see `train`).
@@ -25,8 +25,11 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
+from ..checkpoint import CheckpointError, read_error, restore_item, verify_digests
+from ..utils.digest import DIGEST_ALGORITHM, array_digests
 from .config import ConfigError, validate_config
 from .data import make_dataset, make_source, steps_per_epoch, total_steps
 from .distributed import initialize_distributed, local_copy, on_process_zero, sync
@@ -109,12 +112,30 @@ def _resume_data(manager, config, identity: dict, iterator, workdir: str) -> int
     return resumed_from
 
 
+def _host_state(state: dict) -> dict[str, np.ndarray]:
+    """Every leaf of the train state (weights, optimizer state, step, RNG) on the host, by path:
+    what the digests saved with a checkpoint cover."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {jax.tree_util.keystr(path): np.asarray(local_copy(leaf)) for path, leaf in leaves}
+
+
 def _resume_state(manager, trainer: Trainer, resumed_from: int) -> None:
-    restored = manager.restore(
-        resumed_from,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(trainer.abstract_state())),
-    )
-    trainer.state = restored["state"]
+    """Restores the train state, every array checked against the digest saved with it; on a
+    damaged checkpoint raises CheckpointError and leaves the trainer's state as it was."""
+    step_dir = os.path.join(os.fspath(manager.directory), str(resumed_from))
+    advice = f"Delete {step_dir} to resume from the checkpoint before it, or use a new workdir."
+    meta = manager.restore(resumed_from, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    try:
+        # Not manager.restore: this reader leaves no read pending when one fails, so a damaged
+        # file gives one error instead of Orbax's "Event loop is closed" tracebacks.
+        state = restore_item(step_dir, "state", trainer.abstract_state())
+    except Exception as e:  # noqa: BLE001 - tensorstore raises several types
+        raise CheckpointError(
+            f"{step_dir}: the train state could not be read ({read_error(e)}); the checkpoint "
+            "is damaged. " + advice
+        ) from e
+    verify_digests(_host_state(state), meta["meta"].get("state_digests"), step_dir, advice)
+    trainer.state = state
     restored_step = int(local_copy(trainer.state["step"]))
     if restored_step != resumed_from:
         raise ValueError(f"checkpoint {resumed_from} holds step {restored_step}")
@@ -134,12 +155,19 @@ class _Saver:
 
     def save(self, step: int, *, final: bool) -> None:
         config = self.trainer.config
+        # In the same step directory as the state, so Orbax commits both or neither.
+        meta = {
+            "identity": self.identity,
+            "config": config.to_dict(),
+            "digest_algorithm": DIGEST_ALGORITHM,
+            "state_digests": array_digests(_host_state(self.trainer.state)),
+        }
         self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(self.trainer.state),
                 data=grain.checkpoint.CheckpointSave(self.iterator),
-                meta=ocp.args.JsonSave({"identity": self.identity, "config": config.to_dict()}),
+                meta=ocp.args.JsonSave(meta),
             ),
             force=True,
         )
@@ -202,8 +230,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     3. The model is built from the config (`sam_checkpoint`, `init_checkpoint` or `model_seed`):
        the frozen weights are not in the checkpoint, they are rebuilt. The Trainer's fresh state
        gives the shapes and shardings the stored one is read into.
-    4. The train state (trainable weights, optimizer state, step, RNG) is restored, and its step
-       checked against the checkpoint's. The RNG is the run's base key: each step's key is
+    4. The train state (trainable weights, optimizer state, step, RNG) is restored, every array
+       checked against the sha256 digest saved with it (a CheckpointError names a damaged one)
+       and its step against the checkpoint's. The RNG is the run's base key: each step's key is
        `fold_in(rng, step)`, so the resumed steps draw what an uninterrupted run draws.
     5. `train_metrics.jsonl` is cut back to the restored step: rows after it came from steps the
        interrupted run did not checkpoint, and are written again.

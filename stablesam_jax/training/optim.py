@@ -24,13 +24,32 @@ def make_schedule(optimizer_config, epoch_steps: int) -> optax.Schedule:
     )
 
 
+# A weight whose dotted name holds this belongs to the DSP's offset network.
+DSP_NAME_PART = ".dsp."
+
+
+def _dsp_lr_multiplier(optimizer_config) -> float:
+    return float(optimizer_config.get("dsp_lr_multiplier", 1.0))
+
+
+def _dsp_mask(params: dict) -> dict:
+    return {name: DSP_NAME_PART in name for name in params}
+
+
 def make_optimizer(optimizer_config, schedule) -> optax.GradientTransformation:
-    """Adam (AdamW with weight decay > 0), after global-norm clipping when grad_clip_norm > 0."""
+    """Adam (AdamW with weight decay > 0), after global-norm clipping when grad_clip_norm > 0;
+    with dsp_lr_multiplier != 1 the DSP's updates are scaled by it (Deformable DETR trains its
+    sampling offsets at 0.1x the base lr). Params are the trainer's {dotted name: array} dict."""
     o = optimizer_config
     if o.weight_decay > 0:
         tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
     else:
         tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+    multiplier = _dsp_lr_multiplier(o)
+    if multiplier != 1.0:
+        # Adam's update is the lr times a gradient-scale-free step, so scaling the update is
+        # training at multiplier x lr.
+        tx = optax.chain(tx, optax.masked(optax.scale(multiplier), _dsp_mask))
     if o.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
     return tx
@@ -40,4 +59,5 @@ def optimizer_kind(optimizer_config) -> str:
     """The optimizer state's structure in a word ("adam", "adamw+clip", ...): a checkpoint's
     optimizer state restores only into an optimizer of the same kind."""
     o = optimizer_config
-    return ("adamw" if o.weight_decay > 0 else "adam") + ("+clip" if o.grad_clip_norm > 0 else "")
+    kind = ("adamw" if o.weight_decay > 0 else "adam") + ("+clip" if o.grad_clip_norm > 0 else "")
+    return kind + ("+dsp_lr" if _dsp_lr_multiplier(o) != 1.0 else "")

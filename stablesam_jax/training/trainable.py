@@ -5,6 +5,9 @@
 - "prompt_tokens" (PT-SAM): the decoder's output tokens (IoU token and mask tokens) and the output
   MLP of the single-mask token used in training and evaluation (`output_hypernetworks_mlps.0`);
   141,088 weights against the paper's "0.13 M".
+- "hq" (HQ-SAM): what the official HQ-SAM builder leaves trainable: the HQ token (`hf_token`),
+  its MLP (`hf_mlp`) and the fusion convolutions (`compress_vit_feat`, `embedding_encoder`,
+  `embedding_maskfeature`); empty on a model without the HQ decoder.
 - "all" (SAM pretraining, the demo): every SAM weight, encoder included, never the plugins.
 
 Everything outside the chosen subset is frozen: the trainer splits the model into (trainable,
@@ -30,6 +33,24 @@ _PROMPT_TOKEN_PREFIXES = (
 )
 
 
+_HQ_MODULES = (
+    "hf_token",
+    "hf_mlp",
+    "compress_vit_feat",
+    "embedding_encoder",
+    "embedding_maskfeature",
+)
+
+
+def hq_filter(path, value) -> bool:
+    return (
+        is_sam_param(path, value)
+        and len(path) > 1
+        and path[0] == "mask_decoder"
+        and path[1] in _HQ_MODULES
+    )
+
+
 def prompt_tokens_filter(path, value) -> bool:
     return is_sam_param(path, value) and any(
         tuple(path[: len(p)]) == p for p in _PROMPT_TOKEN_PREFIXES
@@ -40,6 +61,7 @@ TRAINABLE_SUBSETS: dict[str, Callable] = {
     "plugins": is_plugin_weight,
     "decoder": decoder_filter,
     "prompt_tokens": prompt_tokens_filter,
+    "hq": hq_filter,
     "all": is_sam_param,
 }
 

@@ -50,6 +50,21 @@ def build_model(config: ml_collections.ConfigDict) -> Sam:
     return model
 
 
+def jit_train_step(mesh: jax.sharding.Mesh):
+    """`step.train_step` jitted as the Trainer runs it on `mesh`: weights and state replicated,
+    the batch split along "data", the state donated. Static arguments: `step.STATIC_ARGNUMS`.
+    Benchmarks and `jax.export` (lowering for another platform) use the same function."""
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        step_lib.train_step,
+        static_argnums=step_lib.STATIC_ARGNUMS,
+        # (state, frozen, batch): in_shardings name the non-static arguments only.
+        in_shardings=(replicated, replicated, NamedSharding(mesh, P("data"))),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(1,),  # the state
+    )
+
+
 class Trainer:
     """The model split into (trainable, frozen) state, the optimizer, and the jitted sharded step.
 
@@ -95,14 +110,7 @@ class Trainer:
         }
         # copy=False: the frozen state is never donated, so it may share the model's arrays.
         self.frozen = replicate(frozen, self.replicated, copy=False)
-        self._step = jax.jit(
-            step_lib.train_step,
-            static_argnums=step_lib.STATIC_ARGNUMS,
-            # (state, frozen, batch): in_shardings name the non-static arguments only.
-            in_shardings=(self.replicated, self.replicated, self.data_sharding),
-            out_shardings=(self.replicated, self.replicated),
-            donate_argnums=(1,),  # the state
-        )
+        self._step = jit_train_step(self.mesh)
 
     def put_batch(self, local_batch: dict) -> dict:
         """This process's batch (numpy) -> the global batch, sharded along "data"."""

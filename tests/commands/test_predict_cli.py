@@ -64,7 +64,7 @@ def test_predict_writes_overlay_and_mask(files):
         ("box_outside", "lies outside the 160x120 (WxH) image"),
         ("point_outside", "lies outside the 160x120 (WxH) image"),
         ("plugins_as_checkpoint", "pass it as --plugins"),
-        ("pth_as_checkpoint", "convert it first"),
+        ("pth_as_checkpoint", "convert it"),
         ("bad_box_syntax", "--box must have 4 numbers"),
         ("no_prompt", "give a prompt"),
     ],
@@ -86,6 +86,6 @@ def test_predict_errors(files, case, expected):
         "no_prompt": [image, "--checkpoint", sam],
     }[case]
     r = run(*args, "--out", out)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert expected in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

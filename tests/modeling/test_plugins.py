@@ -10,7 +10,10 @@ from flax import nnx
 from stablesam_jax import SamPredictor, build_sam, build_stable_sam
 from stablesam_jax.builder import save_merged, save_plugins
 from stablesam_jax.checkpoint import flat_weights, is_plugin_weight, is_sam_weight
-from stablesam_jax.modeling import ops
+from stablesam_jax.modeling import ops, sampling, transformer
+from stablesam_jax.modeling.common import PluginParam, gelu
+from stablesam_jax.modeling.plugins import PluginConfig
+from stablesam_jax.modeling.transformer import TwoWayAttentionBlock
 from stablesam_jax.training.trainable import TRAINABLE_SUBSETS
 
 # ----------------------------------------------------------------------------- sampler
@@ -258,3 +261,169 @@ def test_plugin_checkpoint_round_trip_and_merged_export(tmp_path, image):
         p1.predict(**PROMPTS["box"], return_logits=True)[0],
         p2.predict(**PROMPTS["box"], return_logits=True)[0],
     )
+
+
+# ----------------------------------------------------------------------------- the fast path
+#
+# The decoder resamples SAM's projected keys and values once per block (linearity of the
+# sampler) with shifted-sum convolutions and row gathers; these compare it with the paper's
+# form written out plainly: XLA's grouped convolution, `ops.bilinear_sample` (checked against
+# torch above) on the features and on the positional encoding, the DRP mix, then SAM's
+# attention on the mixed maps.
+
+
+def test_depthwise_conv_matches_grouped_convolution():
+    rng = np.random.default_rng(10)
+    x = jnp.asarray(rng.standard_normal((2, 7, 9, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((5, 5, 1, 6)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(6), jnp.float32)
+    ref = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        [(2, 2)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=6,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    np.testing.assert_allclose(
+        sampling.depthwise_conv_same(x, kernel, bias), ref + bias, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(sampling.depthwise_conv_same(x, kernel, None), ref, atol=1e-5)
+    with pytest.raises(ValueError, match=r"odd square depthwise kernel \(k, k, 1, 6\)"):
+        sampling.depthwise_conv_same(x, kernel[:4, :4], None)
+
+
+def test_row_gathers_match_the_sampler_inside_and_outside():
+    rng = np.random.default_rng(11)
+    h, w, c = 6, 8, 5
+    feats = jnp.asarray(rng.standard_normal((h, w, c)), jnp.float32)
+    positions = np.stack(
+        [rng.uniform(-2.5, h + 1.5, (9, 11)), rng.uniform(-2.5, w + 1.5, (9, 11))], -1
+    )
+    positions = jnp.asarray(positions, jnp.float32)
+    indices, weights = sampling.bilinear_corners(positions, (h, w))
+    got = sampling.gather_bilinear(feats.reshape(h * w, c), indices, weights)
+    np.testing.assert_allclose(got, ops.bilinear_sample(feats, positions), atol=1e-6)
+    grid = ops.reference_grid(h, w)
+    exact = sampling.gather_bilinear(
+        feats.reshape(h * w, c), *sampling.bilinear_corners(grid, (h, w))
+    )
+    np.testing.assert_array_equal(exact, feats)  # integer positions: the stored rows, bit for bit
+
+
+def _randomized_block(seed, **plugin_options):
+    """A small two-way block with plugins, every plugin weight random and non-zero."""
+    plugins = PluginConfig(seed=seed, **plugin_options)
+    block = TwoWayAttentionBlock(32, 4, 48, 2, rngs=nnx.Rngs(seed), plugins=plugins, layer_index=1)
+    state = nnx.state(block, PluginParam)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    # Offsets of several cells (saturating tanh for some), crossing the border; DRP's scale
+    # away from 1, so a1 + a2 != 1 and the biases' place matters.
+    noisy = [v + 0.3 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)]
+    nnx.update(block, jax.tree_util.tree_unflatten(treedef, noisy))
+    return block
+
+
+def _reference_block(block, queries, keys, query_pe, key_pe, hw):
+    """The two-way block with Stable-SAM's Eq. 4-6 as written: sample x_p and PE, mix, attend."""
+    dsp, drp = block.dsp, block.drp
+    b, h, w = keys.shape[0], *hw
+    q = queries + query_pe
+    queries = block.norm1(queries + block.self_attn(q, q, queries))
+    x_p = keys.reshape(b, h, w, -1)
+    pe = jnp.broadcast_to(key_pe, keys.shape).reshape(b, h, w, -1)
+    projected = dsp.proj(x_p)
+    raw = dsp.offset(gelu(dsp.norm(dsp.dwconv(projected))))
+    positions = ops.reference_grid(h, w)[None] + dsp.offset_scale * jnp.tanh(raw)
+    source = x_p if dsp.sample == "raw" else projected
+    sampled = jax.vmap(ops.bilinear_sample)(source, positions)
+    sampled_pe = jax.vmap(ops.bilinear_sample)(pe, positions)
+    alpha = None
+    if drp is not None:
+        alpha = drp(queries[:, 1, :])
+        a1, a2 = alpha[:, 0, None, None, None], alpha[:, 1, None, None, None]
+        sampled, sampled_pe = a1 * sampled + a2 * x_p, a1 * sampled_pe + a2 * pe
+    mixed, mixed_pe = sampled.reshape(keys.shape), sampled_pe.reshape(keys.shape)
+    q = queries + query_pe
+    attn_out, weights = block.cross_attn_token_to_image(
+        q, mixed + mixed_pe, mixed, return_weights=True
+    )
+    queries = block.norm2(queries + attn_out)
+    queries = block.norm3(queries + block.mlp(queries))
+    q, k = queries + query_pe, keys + key_pe
+    keys = block.norm4(keys + block.cross_attn_image_to_token(k, q, queries))
+    return (queries, keys), dict(positions=positions, alpha=alpha, weights=weights)
+
+
+def _block_inputs(seed, b=3, hw=(6, 5), tokens=7, shared_pe=True):
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+    n = hw[0] * hw[1]
+    key_pe = normal(1 if shared_pe else b, n, 32)
+    return normal(b, tokens, 32), normal(b, n, 32), normal(b, tokens, 32), key_pe
+
+
+def _assert_close(got, ref, rtol=1e-5):
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= rtol * np.abs(ref).max()
+
+
+@pytest.mark.parametrize(
+    "options, shared_pe, one_at_a_time",
+    [
+        ({}, True, True),
+        ({}, True, False),  # the batched form accelerators run
+        ({"sample": "projected"}, True, True),
+        ({"use_drp": False}, False, True),
+        ({"sample": "projected", "use_drp": False}, False, False),
+    ],
+)
+def test_fast_block_equals_eq_4_to_6_written_out(monkeypatch, options, shared_pe, one_at_a_time):
+    monkeypatch.setattr(transformer, "_one_prompt_at_a_time", lambda: one_at_a_time)
+    block = _randomized_block(12, **options)
+    queries, keys, query_pe, key_pe = _block_inputs(13, shared_pe=shared_pe)
+    hw = (6, 5)
+    got_q, got_k, inter = block(queries, keys, query_pe, key_pe, hw=hw, return_intermediates=True)
+    (ref_q, ref_k), ref = _reference_block(block, queries, keys, query_pe, key_pe, hw)
+    offsets = np.asarray(ref["positions"] - ops.reference_grid(*hw))
+    assert np.abs(offsets).max() > 2.0 and (np.asarray(ref["positions"]) < 0).any()
+    _assert_close(inter["dsp_positions"], ref["positions"])
+    _assert_close(inter["token_to_image_attn"], ref["weights"])
+    _assert_close(got_q, ref_q)
+    _assert_close(got_k, ref_k)
+    if ref["alpha"] is None:
+        assert "drp_alpha" not in inter
+    else:
+        assert abs(float(ref["alpha"].sum(-1).mean()) - 1.0) > 0.05
+        _assert_close(inter["drp_alpha"], ref["alpha"])
+
+
+def test_fast_block_gradients_equal_the_written_out_ones():
+    block = _randomized_block(14)
+    queries, keys, query_pe, key_pe = _block_inputs(15)
+    hw = (6, 5)
+    target = jax.random.normal(jax.random.key(16), queries.shape)
+
+    def loss(block, fast):
+        if fast:
+            out, _, _ = block(queries, keys, query_pe, key_pe, hw=hw)
+        else:
+            (out, _), _ = _reference_block(block, queries, keys, query_pe, key_pe, hw)
+        return jnp.sum(out * target)
+
+    grads = {}
+    for fast in (True, False):
+        diff = nnx.DiffState(0, PluginParam)
+        grads[fast] = nnx.grad(loss, argnums=diff)(block, fast)
+    got, ref = (jax.tree_util.tree_leaves(grads[f]) for f in (True, False))
+    assert len(got) == len(ref) == 14  # DSP 7 arrays, DRP 7
+    for g, r in zip(got, ref):
+        _assert_close(g, r, rtol=1e-4)
+    offset_grad = grads[True]["dsp"]["offset"]["kernel"][...]
+    assert np.abs(np.asarray(offset_grad)).max() > 0
