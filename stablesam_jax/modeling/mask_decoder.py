@@ -138,6 +138,37 @@ class MaskDecoder(nnx.Module):
             masks, iou_pred = masks[:, sl], iou_pred[:, sl]
         return masks, iou_pred, intermediates
 
+    def run_transformer(
+        self,
+        output_tokens: tuple[jax.Array, ...],
+        image_embeddings,
+        image_pe,
+        sparse,
+        dense,
+        token_valid=None,
+        return_intermediates=False,
+    ):
+        """The two-way transformer on the output tokens (each [n_i, C], in order) followed by the
+        prompt tokens sparse [B, Ns, C]; image_embeddings [1|B, H, W, C] + dense [B, H, W, C].
+        Returns (token outputs [B, sum n_i + Ns, C], image tokens [B, H, W, C], intermediates)."""
+        b = sparse.shape[0]
+        dtype = self.dtype or jnp.float32
+        tokens_out = jnp.concatenate(output_tokens, axis=0)
+        tokens_out = jnp.broadcast_to(tokens_out, (b, *tokens_out.shape))
+        tokens = jnp.concatenate([tokens_out, sparse.astype(tokens_out.dtype)], axis=1)
+        token_mask = None
+        if token_valid is not None:
+            token_mask = jnp.concatenate(
+                [jnp.ones((b, tokens_out.shape[1]), bool), token_valid.astype(bool)], axis=1
+            )
+        src = jnp.broadcast_to(image_embeddings, (b, *image_embeddings.shape[1:]))
+        src = (src + dense).astype(dtype)
+        _, h, w, c = src.shape
+        hs, src, intermediates = self.transformer(
+            src, image_pe.astype(dtype), tokens.astype(dtype), token_mask, return_intermediates
+        )
+        return hs, src.reshape(b, h, w, c), intermediates
+
     def predict_masks(
         self,
         image_embeddings,
@@ -147,25 +178,17 @@ class MaskDecoder(nnx.Module):
         token_valid=None,
         return_intermediates=False,
     ):
-        b = sparse.shape[0]
-        dtype = self.dtype or jnp.float32
-        output_tokens = jnp.concatenate([self.iou_token.weight, self.mask_tokens.weight], axis=0)
-        output_tokens = jnp.broadcast_to(output_tokens, (b, *output_tokens.shape))
-        tokens = jnp.concatenate([output_tokens, sparse.astype(output_tokens.dtype)], axis=1)
-        token_mask = None
-        if token_valid is not None:
-            token_mask = jnp.concatenate(
-                [jnp.ones((b, output_tokens.shape[1]), bool), token_valid.astype(bool)], axis=1
-            )
-        src = jnp.broadcast_to(image_embeddings, (b, *image_embeddings.shape[1:]))
-        src = (src + dense).astype(dtype)
-        _, h, w, c = src.shape
-        hs, src, intermediates = self.transformer(
-            src, image_pe.astype(dtype), tokens.astype(dtype), token_mask, return_intermediates
+        hs, upscaled, intermediates = self.run_transformer(
+            (self.iou_token.weight, self.mask_tokens.weight),
+            image_embeddings,
+            image_pe,
+            sparse,
+            dense,
+            token_valid,
+            return_intermediates,
         )
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        upscaled = src.reshape(b, h, w, c)
         for layer in self.output_upscaling:
             upscaled = layer(upscaled)  # [B, 4H, 4W, C/8]
         hyper_in = jnp.stack(

@@ -130,26 +130,18 @@ class MaskDecoderHQ(MaskDecoder):
         dtype = self.dtype or jnp.float32
         embeddings = image_embeddings[..., :c_sam].astype(dtype)
         hq_features = self.hq_features(embeddings, image_embeddings[..., c_sam:].astype(dtype))
-        b = sparse.shape[0]
-        output_tokens = jnp.concatenate(
-            [self.iou_token.weight, self.mask_tokens.weight, self.hf_token.weight], axis=0
-        )
-        output_tokens = jnp.broadcast_to(output_tokens, (b, *output_tokens.shape))
-        tokens = jnp.concatenate([output_tokens, sparse.astype(output_tokens.dtype)], axis=1)
-        token_mask = None
-        if token_valid is not None:
-            token_mask = jnp.concatenate(
-                [jnp.ones((b, output_tokens.shape[1]), bool), token_valid.astype(bool)], axis=1
-            )
-        src = jnp.broadcast_to(embeddings, (b, *embeddings.shape[1:]))
-        src = (src + dense).astype(dtype)
-        _, h, w, c = src.shape
-        hs, src, intermediates = self.transformer(
-            src, image_pe.astype(dtype), tokens.astype(dtype), token_mask, return_intermediates
+        hs, src, intermediates = self.run_transformer(
+            (self.iou_token.weight, self.mask_tokens.weight, self.hf_token.weight),
+            embeddings,
+            image_pe,
+            sparse,
+            dense,
+            token_valid,
+            return_intermediates,
         )
         n_sam = self.num_mask_tokens
         mask_tokens_out = hs[:, 1 : 2 + n_sam, :]
-        upscaled = _run(self.output_upscaling, src.reshape(b, h, w, c))  # [B, 4H, 4W, C/8]
+        upscaled = _run(self.output_upscaling, src)  # [B, 4H, 4W, C/8]
         upscaled_hq = _run(self.embedding_maskfeature, upscaled) + hq_features
         mlps = [*self.output_hypernetworks_mlps, self.hf_mlp]
         hyper_in = jnp.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(mlps)], axis=1)

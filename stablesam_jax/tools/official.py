@@ -134,27 +134,34 @@ def import_official_modeling():
     return importlib.import_module("segment_anything.modeling")
 
 
+def official_vit_encoder(modeling, config):
+    """The official `ImageEncoderViT` of `config`'s size, as the official `_build_sam` makes it
+    (`modeling`: the official package's modeling module, SAM's or HQ-SAM's)."""
+    import torch  # optional dependency: only the reference code needs it
+
+    return modeling.ImageEncoderViT(
+        depth=config.encoder_depth,
+        embed_dim=config.encoder_embed_dim,
+        img_size=config.img_size,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=config.encoder_num_heads,
+        patch_size=config.patch_size,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=list(config.encoder_global_attn_indexes),
+        window_size=config.window_size,
+        out_chans=config.prompt_embed_dim,
+    )
+
+
 def build_official_sam(config):
     """The official torch `Sam` for one of our `SamConfig`s (same layout as `_build_sam`)."""
-    import torch
 
     modeling = import_official_modeling()
     grid = config.img_size // config.patch_size
     sam = modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(
-            depth=config.encoder_depth,
-            embed_dim=config.encoder_embed_dim,
-            img_size=config.img_size,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=config.encoder_num_heads,
-            patch_size=config.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=list(config.encoder_global_attn_indexes),
-            window_size=config.window_size,
-            out_chans=config.prompt_embed_dim,
-        ),
+        image_encoder=official_vit_encoder(modeling, config),
         prompt_encoder=modeling.PromptEncoder(
             embed_dim=config.prompt_embed_dim,
             image_embedding_size=(grid, grid),

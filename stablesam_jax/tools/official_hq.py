@@ -14,14 +14,18 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from functools import partial
 
 import numpy as np
 
 from ..builder import build_sam
 from ..modeling.sam import SAM_VARIANTS, SamConfig
 from ..predictor import SamPredictor
-from .official import OfficialSamUnavailable, import_official_modeling, install_torchvision_stand_in
+from .official import (
+    OfficialSamUnavailable,
+    import_official_modeling,
+    install_torchvision_stand_in,
+    official_vit_encoder,
+)
 
 
 def install_timm_stand_in() -> None:
@@ -98,25 +102,6 @@ def _tiny_vit(modeling, config: SamConfig):
     return modeling.TinyViT(**_tiny_vit_kwargs(config))
 
 
-def _vit(modeling, config: SamConfig):
-    import torch
-
-    return modeling.ImageEncoderViT(
-        depth=config.encoder_depth,
-        embed_dim=config.encoder_embed_dim,
-        img_size=config.img_size,
-        mlp_ratio=4,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=config.encoder_num_heads,
-        patch_size=config.patch_size,
-        qkv_bias=True,
-        use_rel_pos=True,
-        global_attn_indexes=list(config.encoder_global_attn_indexes),
-        window_size=config.window_size,
-        out_chans=config.prompt_embed_dim,
-    )
-
-
 def build_official_hq_sam(config: SamConfig):
     """The official torch model for an HQ or TinyViT `SamConfig`, as the package's builders lay
     it out: `segment_anything_hq`'s Sam for HQ-SAM; for plain TinyViT (MobileSAM) its TinyViT in
@@ -141,7 +126,11 @@ def build_official_hq_sam(config: SamConfig):
     )
     if config.hq:
         sam_module = modeling
-        encoder = _tiny_vit(modeling, config) if config.tiny_vit else _vit(modeling, config)
+        encoder = (
+            _tiny_vit(modeling, config)
+            if config.tiny_vit
+            else official_vit_encoder(modeling, config)
+        )
         decoder = modeling.MaskDecoderHQ(
             transformer=modeling.TwoWayTransformer(**transformer_args),
             vit_dim=config.early_dim,
