@@ -17,6 +17,7 @@ from flax import nnx
 
 from . import checkpoint as ckpt
 from . import convert
+from .modeling.mask_decoder_hq import is_hq_path
 from .modeling.plugins import PluginConfig
 from .modeling.sam import SAM_VARIANTS, Sam
 
@@ -171,6 +172,33 @@ def build_stable_sam(
         flat, _ = ckpt.load(plugins)
         ckpt.load_flat_weights(model, flat, ckpt.is_plugin_weight, plugins)
     return model
+
+
+def sam_base_type(model_type: str) -> str:
+    """The plain SAM variant an HQ-SAM variant is built on (`hq_vit_l` -> `vit_l`): the same
+    encoder and SAM decoder, without HQ-SAM's own modules."""
+    config = _config(model_type)
+    base = model_type.removeprefix("hq_")
+    if not config.hq or SAM_VARIANTS.get(base) != dataclasses.replace(config, hq=False):
+        raise ValueError(
+            f"{model_type!r} is not an HQ-SAM variant (hq_vit_b/l/h, hq_vit_tiny, ...)"
+        )
+    return base
+
+
+def load_sam_into_hq(model: Sam, checkpoint: str) -> None:
+    """Writes a plain SAM checkpoint (`sam_base_type` of the model's type: a converted directory
+    or an official .pth) into HQ-SAM `model`, every SAM weight checked; HQ-SAM's own modules keep
+    their initialization, which is how HQ-SAM's training starts."""
+    base = sam_base_type(model.model_type)
+    abstract = nnx.eval_shape(lambda: Sam(SAM_VARIANTS[base], rngs=nnx.Rngs(0), model_type=base))
+    flat, meta = _read_weights(os.fspath(checkpoint), base, abstract)
+    _check_meta(meta, os.fspath(checkpoint), base, ("sam", "stable_sam"))
+    sam_names = ckpt.weight_names(abstract, ckpt.is_sam_weight)
+    flat = {k: v for k, v in flat.items() if k in sam_names}
+    ckpt.load_flat_weights(
+        model, flat, lambda p, v: ckpt.is_sam_weight(p, v) and not is_hq_path(p), checkpoint
+    )
 
 
 def _meta(model: Sam, kind: str) -> dict:

@@ -17,12 +17,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from random_models import random_stable_sam
 
 from stablesam_jax import checkpoint as ckpt
 from stablesam_jax import pretrained
 from stablesam_jax.builder import build_sam, build_stable_sam, save_merged, save_plugins, save_sam
-from stablesam_jax.modeling import SAM_VARIANTS, Sam
-from stablesam_jax.modeling.plugins import PluginConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,20 +34,8 @@ def sha256_of(array) -> str:
 
 @pytest.fixture(scope="module")
 def stable():
-    """vit_t Stable-SAM with random weights (filled into an abstract model: fast)."""
-    model = nnx.eval_shape(
-        lambda: Sam(
-            SAM_VARIANTS["vit_t"],
-            rngs=nnx.Rngs(0),
-            plugin_config=PluginConfig(),
-            model_type="vit_t",
-        )
-    )
-    rng = np.random.default_rng(0)
-    for _, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.Variable):
-            var.set_value(jnp.asarray(0.05 * rng.standard_normal(var.shape), var.dtype))
-    return model
+    """vit_t Stable-SAM with random weights."""
+    return random_stable_sam(0)
 
 
 @pytest.fixture(scope="module")

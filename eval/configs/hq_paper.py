@@ -14,7 +14,8 @@ Command:
         --config.models.pt_sam.checkpoint=runs/pt_sam_l/export/sam
   and for HQ-SAM (the official sam_hq_vit_l.pth converted into `hq_vit_l`, or the export of
   train/configs/hq_sam_vit_l.py; evaluated with HQ-SAM's default output, SAM's mask plus the HQ
-  mask):
+  mask; add `--config.models.hq_sam.hq_token_only=True` to score the HQ mask alone, as HQ-SAM's
+  own evaluation does):
         --config.models.hq_sam.enabled=True \
         --config.models.hq_sam.checkpoint=ckpt/sam_hq_vit_l
 

@@ -2,6 +2,8 @@
 
     python -m stablesam_jax.demo --out DIR            # about 10-15 minutes on a 2-core CPU
     python -m stablesam_jax.demo --out DIR --quick    # a 1-2 minute smoke run (CI)
+    python -m stablesam_jax.demo --study --out DIR    # paper Tables 2 and 5 + generality
+    python -m stablesam_jax.demo --low-shot --out DIR # paper Table 7 at demo scale
 
 What it does and writes: `stablesam_jax.demo`. Settings start from `demo.settings.FULL` (or
 `QUICK`); each flag given overrides one field.
@@ -59,8 +61,22 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         "choose settings should use another one, e.g. 4)",
     )
     parser.add_argument("--no-figures", action="store_true", help="skip the PNGs")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="instead: DT-SAM, PT-SAM, DSP without and with RTS and Stable-SAM against SAM, on "
+        "the held-out scenes and on a cluttered scene family no training saw",
+    )
+    parser.add_argument(
+        "--low-shot",
+        action="store_true",
+        help="instead: PT-SAM, HQ-SAM and Stable-SAM trained on 220 and 440 scenes for 12 "
+        "epochs, with SAM (paper Table 7); --quick: 8 scenes, 2 epochs",
+    )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.study and args.low_shot:
+        parser.error("--study and --low-shot are two runs: give one of them")
 
     settings = QUICK if args.quick else FULL
     overrides = {
@@ -131,6 +147,17 @@ def main(argv: list[str]) -> int:
     _check_paths(args)
     # Imported after parsing: the pipeline loads JAX, the trainer and the evaluator (seconds),
     # which `--help` and a usage error need not wait for.
+    if args.study:
+        from ..demo.study import run_study
+
+        run_study(args.out, settings, args.sam_weights, draw_figures=not args.no_figures)
+        return 0
+    if args.low_shot:
+        from ..demo.low_shot import EPOCHS, SCENE_COUNTS, run_low_shot
+
+        counts, epochs = ((8,), 2) if args.quick else (SCENE_COUNTS, EPOCHS)
+        run_low_shot(args.out, settings, args.sam_weights, counts, epochs)
+        return 0
     from ..demo.pipeline import run
 
     run(args.out, settings, args.sam_weights, draw_figures=not args.no_figures)

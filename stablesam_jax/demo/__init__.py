@@ -20,10 +20,16 @@
 DIR/work holds the run's scratch files (SAM as an Orbax checkpoint, the trainer's workdir with
 the trained plugins in DIR/work/train/export/plugins); it is replaced on every run.
 
+Two further runs share its SAM, settings and trainer: `--study` (`study.run_study`: DT-SAM,
+PT-SAM, DSP without and with RTS and Stable-SAM against SAM, on the held-out scenes and on a
+cluttered scene family no training saw; the paper's Tables 2, 5 and 11 at demo scale) and
+`--low-shot` (`low_shot.run_low_shot`: PT-SAM, HQ-SAM and Stable-SAM on 220 and 440 scenes for 12
+epochs; Table 7).
+
 Modules: `settings` (DemoSettings, FULL, QUICK, seeds, file names), `pipeline` (`run`,
-`train_config`, `results_json`), `figure_model` (the models' masks and attention for the
-figures, `make_figures`), `figures` (drawing, PIL only); the command line is
-`stablesam_jax.commands.demo`.
+`train_config`, `results_json`), `recipes` (what each compared method trains), `study`,
+`low_shot`, `figure_model` (the models' masks and attention for the figures, `make_figures`),
+`figures` (drawing, PIL only); the command line is `stablesam_jax.commands.demo`.
 """
 
 import importlib

@@ -49,6 +49,7 @@ def model_config(
     dtype: str = "float32",
     attention_impl: str = "reference",
     enabled: bool = True,
+    hq_token_only: bool = False,
 ):
     def path(value):
         return config_dict.placeholder(str) if value is None else value
@@ -64,6 +65,7 @@ def model_config(
             seed=seed,
             dtype=dtype,
             attention_impl=attention_impl,
+            hq_token_only=hq_token_only,
             enabled=enabled,
         )
     )

@@ -71,8 +71,12 @@ def _encode(encoder_graphdef, encoder_state, pixels):
     return nnx.merge(encoder_graphdef, encoder_state)(pixels)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("alpha_key", "diagnose"))
-def _decode(graphdef, state, features, index, *prompts, alpha_key, diagnose=None):
+@functools.partial(
+    jax.jit, static_argnums=(0,), static_argnames=("alpha_key", "diagnose", "hq_token_only")
+)
+def _decode(
+    graphdef, state, features, index, *prompts, alpha_key, diagnose=None, hq_token_only=False
+):
     """Single-mask decode of a prompt batch (coords, labels, boxes, box_valid) on image `index` of
     an encoded batch. `diagnose` ((layer, offset scale), or None) adds
     `diagnostics.decode_diagnostics` on the two further arguments (grid mask, prompt count)."""
@@ -80,7 +84,11 @@ def _decode(graphdef, state, features, index, *prompts, alpha_key, diagnose=None
     embedding = jax.lax.dynamic_index_in_dim(features, index, axis=0, keepdims=True)
     prompts, diagnosed = prompts[:4], prompts[4:]
     low_res, iou, intermediates = model.decode_padded(
-        embedding, *prompts, multimask_output=False, return_intermediates=diagnose is not None
+        embedding,
+        *prompts,
+        multimask_output=False,
+        return_intermediates=diagnose is not None,
+        hq_token_only=hq_token_only,
     )
     alpha = None if alpha_key is None else intermediates[alpha_key][:, 0]
     if diagnose is None:
@@ -96,11 +104,22 @@ class SamEvalPredictor:
     """A JAX `Sam` (or Stable-SAM) behind the `Predictor` interface, sharded over `mesh`.
 
     Preprocessing is `SamPredictor`'s (PIL resize of the long side, normalize, zero-pad), so its
-    masks are the ones `SamPredictor.predict(..., multimask_output=False)` gives.
+    masks are the ones `SamPredictor.predict(..., multimask_output=False)` gives (with
+    `hq_token_only`, HQ-SAM's `predict(..., hq_token_only=True)`).
     """
 
-    def __init__(self, model: Sam, *, mesh: jax.sharding.Mesh | None = None, max_points: int = 10):
+    def __init__(
+        self,
+        model: Sam,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        max_points: int = 10,
+        hq_token_only: bool = False,
+    ):
+        if hq_token_only and not model.config.hq:
+            raise ValueError("hq_token_only=True needs an HQ-SAM model (hq_vit_*); this one is SAM")
         self.model = model
+        self.hq_token_only = hq_token_only
         self.mesh = mesh if mesh is not None else data_mesh()
         self.num_devices = self.mesh.size
         self.max_points = max_points
@@ -207,6 +226,7 @@ class SamEvalPredictor:
             *(() if grid_mask is None else (grid_mask, jnp.int32(count))),
             alpha_key=self.alpha_key,
             diagnose=None if grid_mask is None else self.diagnose,
+            hq_token_only=self.hq_token_only,
         )
 
     def predict(
@@ -314,12 +334,16 @@ def as_predictors(
         check_name(name, "model")
         if name in predictors:
             raise ValueError(f"two models are named {name!r}")
+        hq_token_only = False
         if isinstance(model, ModelSpec):
+            hq_token_only = model.hq_token_only
             model = model.build()
         if isinstance(model, Sam):
             if mesh is None:
                 mesh = data_mesh()
-            predictors[name] = SamEvalPredictor(model, mesh=mesh, max_points=max_points)
+            predictors[name] = SamEvalPredictor(
+                model, mesh=mesh, max_points=max_points, hq_token_only=hq_token_only
+            )
         elif isinstance(model, Predictor):
             predictors[name] = model
         else:

@@ -33,7 +33,9 @@ class ModelSpec:
     SAM weights from `checkpoint` plus `plugins` (a plugin checkpoint), or one `merged`
     "stable_sam" export. `random_init=True` allows missing weights to be random (SAM weights from
     `seed`, fresh plugins, which reproduce SAM exactly): for tests and smoke runs only.
-    `plugin_options` are `PluginConfig` overrides for kind "stable_sam".
+    `plugin_options` are `PluginConfig` overrides for kind "stable_sam". `hq_token_only`
+    (HQ-SAM models): score the HQ mask alone, as HQ-SAM's own evaluation does, instead of SAM's
+    mask plus the HQ mask (the official predictor's default).
     """
 
     name: str
@@ -46,6 +48,7 @@ class ModelSpec:
     seed: int = 0
     dtype: str | None = None
     attention_impl: str = "reference"
+    hq_token_only: bool = False
     plugin_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
@@ -64,6 +67,11 @@ class ModelSpec:
             )
         if self.kind == "sam" and self.plugins:
             raise ValueError(f"{where}: `plugins` needs kind='stable_sam'")
+        if self.hq_token_only and not SAM_VARIANTS[self.model_type].hq:
+            raise ValueError(
+                f"{where}: hq_token_only=True needs an HQ-SAM model_type (hq_vit_*), "
+                f"not {self.model_type!r}"
+            )
         if self.random_init or self.merged:
             return
         missing = []

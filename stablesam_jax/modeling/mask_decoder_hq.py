@@ -19,6 +19,21 @@ from .common import Activation, Conv, ConvTranspose2x2, Embedding, LayerNorm2d, 
 from .mask_decoder import MLP, MaskDecoder
 from .plugins import PluginConfig
 
+# HQ-SAM's own modules: what its official builder leaves trainable, and what a plain SAM
+# checkpoint does not hold.
+HQ_MODULES = (
+    "hf_token",
+    "hf_mlp",
+    "compress_vit_feat",
+    "embedding_encoder",
+    "embedding_maskfeature",
+)
+
+
+def is_hq_path(path) -> bool:
+    """True for a variable path (`nnx.iter_graph` / filter form) inside HQ-SAM's own modules."""
+    return len(path) > 1 and path[0] == "mask_decoder" and path[1] in HQ_MODULES
+
 
 def _run(layers, x: jax.Array) -> jax.Array:
     for layer in layers:

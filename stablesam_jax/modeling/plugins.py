@@ -14,8 +14,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import ops, sampling
-from .common import Conv, LayerNorm, Linear, PluginParam, gelu, precision_for
+from . import ops
+from .common import (
+    Conv,
+    LayerNorm,
+    Linear,
+    PluginParam,
+    depthwise_conv_same,
+    gelu,
+    pointwise,
+)
 
 SAMPLE_SOURCES = ("raw", "projected")
 
@@ -54,15 +62,6 @@ class PluginConfig:
         object.__setattr__(self, "dsp_layers", tuple(int(i) for i in self.dsp_layers))
 
 
-def _pointwise(conv: Conv, x: jax.Array) -> jax.Array:
-    """`conv(x)` for a 1x1, stride-1, ungrouped `Conv`, as the matrix product it is."""
-    dtype = conv.dtype or x.dtype
-    kernel = conv.kernel[...]
-    kernel = kernel.reshape(kernel.shape[-2:]).astype(dtype)
-    y = jnp.dot(x.astype(dtype), kernel, precision=precision_for(dtype))
-    return y if conv.bias is None else y + conv.bias[...].astype(dtype)
-
-
 class DeformableSamplingPlugin(nnx.Module):
     """Offset network + bilinear resampling of the image tokens and their positional encoding."""
 
@@ -86,18 +85,16 @@ class DeformableSamplingPlugin(nnx.Module):
 
     def project(self, x_p: jax.Array) -> jax.Array:
         """The offset network's first 1x1 conv: x_p [..., C] -> [..., C]."""
-        # The convolutions' modules hold the weights; the forms here compute the same
-        # convolutions faster on a CPU (XLA runs 1x1 convolutions slower than matrix products).
-        return _pointwise(self.proj, x_p)
+        return pointwise(self.proj, x_p)
 
     def offsets_of_projected(self, projected: jax.Array) -> jax.Array:
         """The rest of the offset network: `project(x_p)` [B, H, W, C] -> offsets [B, H, W, 2]
         as (dy, dx) cells, float32."""
         bias = None if self.dwconv.bias is None else self.dwconv.bias[...]
         kernel = self.dwconv.kernel[...].astype(projected.dtype)
-        mixed = sampling.depthwise_conv_same(projected, kernel, bias)
+        mixed = depthwise_conv_same(projected, kernel, bias)
         hidden = gelu(self.norm(mixed))
-        raw = _pointwise(self.offset, hidden).astype(jnp.float32)
+        raw = pointwise(self.offset, hidden).astype(jnp.float32)
         if self.center_offsets:
             # The last conv is linear without bias: this equals centring `hidden` per channel.
             raw = raw - raw.mean(axis=(1, 2), keepdims=True)

@@ -79,6 +79,8 @@ SAM_VARIANTS: dict[str, SamConfig] = {
     "hq_vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31), hq=True),
     "hq_vit_l": SamConfig(1024, 24, 16, (5, 11, 17, 23), hq=True),
     "hq_vit_b": SamConfig(768, 12, 12, (2, 5, 8, 11), hq=True),
+    # HQ-SAM on the demo SAM (the demo's low-shot comparison).
+    "hq_vit_demo": SamConfig(128, 4, 4, (1, 3), img_size=256, window_size=8, hq=True),
     # TinyViT encoders, named as the HQ package does: MobileSAM's `vit_t` checkpoints are
     # `vit_tiny` here (our `vit_t` is the small test ViT above).
     "vit_tiny": _tiny_vit_sam(TINY_VIT_5M),

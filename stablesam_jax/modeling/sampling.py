@@ -1,5 +1,6 @@
 """The deformable sampling plugin's array math in the form XLA runs fast (docs/design.md, "Stable-SAM
-as built"): bilinear sampling as row gathers, and the 5x5 depthwise convolution as shifted sums.
+as built"): bilinear sampling as row gathers (the 5x5 depthwise convolution's fast form is
+`common.depthwise_conv_same`, shared with TinyViT).
 
 `ops.bilinear_sample` stays the plain per-example sampler; these compute the same values.
 """
@@ -52,35 +53,3 @@ def gather_bilinear(rows: jax.Array, indices: jax.Array, weights: jax.Array) -> 
     for k in range(1, indices.shape[-1]):
         out = out + corner(k)
     return out
-
-
-def depthwise_conv_same(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
-    """torch Conv2d(C, C, k, padding=k // 2, groups=C) on x [B, H, W, C]; kernel [k, k, 1, C]
-    (HWIO, as `common.Conv` stores it), odd k. Accumulates in float32.
-
-    A sum of k * k shifted slices of the zero-padded map, taken on the map flattened to rows of
-    W + k - 1 cells, so each shift is one contiguous 1-D slice: XLA's CPU convolution with
-    `feature_group_count` runs about ten times slower, and 2-D slices let XLA's CPU fusion split
-    the sum into separately materialized copies when a LayerNorm follows."""
-    b, h, w, c = x.shape
-    k = kernel.shape[0]
-    if kernel.shape != (k, k, 1, c) or k % 2 == 0:
-        raise ValueError(f"want an odd square depthwise kernel (k, k, 1, {c}), got {kernel.shape}")
-    p = k // 2
-    row = w + 2 * p
-    # One extra zero row at the bottom keeps the last shifted slice inside the array.
-    padded = jnp.pad(x, ((0, 0), (p, p + 1), (p, p), (0, 0))).reshape(b, -1, c)
-    n = h * row
-    taps = kernel.reshape(k * k, c).astype(jnp.float32)
-
-    def tap(t: int) -> jax.Array:
-        offset = (t // k) * row + t % k
-        return padded[:, offset : offset + n].astype(jnp.float32) * taps[t]
-
-    acc = tap(0)
-    for t in range(1, k * k):
-        acc = acc + tap(t)
-    out = acc.reshape(b, h, row, c)[:, :, :w]
-    if bias is not None:
-        out = out + bias.astype(jnp.float32)
-    return out.astype(x.dtype)

@@ -22,7 +22,17 @@ import numpy as np
 from flax import nnx
 
 from . import ops
-from .common import Activation, Buffer, Conv, LayerNorm, LayerNorm2d, Linear, gelu, precision_for
+from .common import (
+    Activation,
+    Buffer,
+    Conv,
+    LayerNorm,
+    LayerNorm2d,
+    Linear,
+    gelu,
+    pointwise,
+    precision_for,
+)
 
 # The official PatchMerging keeps the resolution (stride 1) for these output widths only: the
 # last merge of every released TinyViT, so stage 4 runs on the same 1/16 grid as stage 3.
@@ -86,7 +96,8 @@ class Conv2d_BN(nnx.Module):  # noqa: N801 - the official name, so state dict ke
         self.bn = BatchNorm2d(b)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.bn(self.c(x))
+        one_by_one = self.c.kernel.shape[:2] == (1, 1) and self.c.stride == 1 and self.c.groups == 1
+        return self.bn(pointwise(self.c, x) if one_by_one else self.c(x))
 
 
 class PatchEmbed(nnx.Module):

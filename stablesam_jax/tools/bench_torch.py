@@ -15,6 +15,7 @@ import torch
 
 from ..modeling import SAM_VARIANTS
 from ..predictor import SamPredictor
+from . import official_hq
 from .bench import Context, boxes_for, build_model, cpu_cores, cpu_timed, ms_stats, timed
 from .official import build_official_sam, import_official_modeling, install_torchvision_stand_in
 
@@ -146,7 +147,12 @@ def _official_predictor(device: str | None, model_type: str):
 
     if device is None:
         return None
-    return OfficialPredictor(build_official_sam(SAM_VARIANTS[model_type]).to(device))
+    config = SAM_VARIANTS[model_type]
+    if config.hq or config.tiny_vit:  # HQ-SAM / MobileSAM: the segment-anything-hq package
+        return official_hq.official_predictor(
+            official_hq.build_official_hq_sam(config).to(device), config
+        )
+    return OfficialPredictor(build_official_sam(config).to(device))
 
 
 def _alternating_times(run_ours, run_official, settings) -> tuple[list, list, list, list]:

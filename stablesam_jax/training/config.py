@@ -62,6 +62,10 @@ def _add_model_fields(c: ml_collections.ConfigDict) -> None:
     )
     c.sam_checkpoint = _placeholder(str)  # converted SAM Orbax dir; None = random init (model_seed)
     c.init_checkpoint = _placeholder(str)  # any stablesam-jax checkpoint loaded over the model
+    # HQ-SAM from SAM: sam_checkpoint holds the base SAM (vit_l for hq_vit_l); HQ parts random.
+    c.hq_from_sam = False
+    # The loss on HQ-SAM's HQ mask alone, as HQ-SAM trains (False: SAM's mask + the HQ mask).
+    c.hq_token_only = False
     c.model_seed = 0
     c.dtype = "float32"  # compute dtype: float32 or bfloat16 (weights stay float32)
     c.attention_impl = "reference"  # encoder attention: modeling.image_encoder.ATTENTION_IMPLS
@@ -191,6 +195,12 @@ def _check_model(config) -> str | None:
         return f"config.trainable={config.trainable!r}: {error}"
     if config.trainable == "plugins" and not config.with_plugins:
         return "config.trainable='plugins' needs config.with_plugins=True"
+    is_hq = SAM_VARIANTS[config.model_type].hq
+    for field in ("hq_from_sam", "hq_token_only"):
+        if config.get(field) and not is_hq:
+            return f"config.{field}=True needs an HQ-SAM model_type (hq_vit_*), not {config.model_type}"
+    if config.get("hq_from_sam") and not config.sam_checkpoint:
+        return "config.hq_from_sam=True needs config.sam_checkpoint (the plain SAM weights)"
     if config.dtype not in DTYPES:
         return f"config.dtype={config.dtype!r}; choose from {sorted(DTYPES)}"
     return None

@@ -104,6 +104,7 @@ class StepSettings:
 
     loss: LossSettings = LossSettings()
     encoder_in_grad: bool = False  # differentiate through the image encoder (trainable="all")
+    hq_token_only: bool = False  # HQ-SAM: the loss on the HQ mask alone
     nan_at_step: int = -1  # testing hook: poison this step's loss and gradients (1-based)
 
     @classmethod
@@ -111,6 +112,7 @@ class StepSettings:
         return cls(
             loss=LossSettings(**config.loss.to_dict()),
             encoder_in_grad=config.trainable == "all",
+            hq_token_only=bool(config.get("hq_token_only", False)),
             nan_at_step=int(config.debug.nan_at_step),
         )
 
@@ -129,11 +131,13 @@ def loss_fn(
     *,
     model: ModelDef,
     settings: LossSettings,
+    hq_token_only: bool = False,
 ) -> tuple[jax.Array, dict]:
     """(loss, {"bce", "dice", "iou_mse", "train_iou"}) of one batch; differentiable in `params`.
 
     embeddings: the frozen encoder's output, or None to run the encoder here (inside the gradient).
-    key: the loss's point-sampling key (unused with sampling="dense")."""
+    key: the loss's point-sampling key (unused with sampling="dense"). hq_token_only: HQ-SAM's
+    HQ mask alone is trained (the IoU head stays SAM's)."""
     sam = model.merge(params, frozen)
     if embeddings is None:
         embeddings = encode(sam, batch["image"])
@@ -146,6 +150,7 @@ def loss_fn(
         batch["mask_input"],
         batch["mask_valid"],
         multimask_output=False,
+        hq_token_only=hq_token_only,
     )
     logits = low_res[:, 0]
     target = losses.downsample_mask(batch["mask"], logits.shape[-1])
@@ -190,7 +195,14 @@ def train_step(
         sam = model.merge(state["params"], frozen)
         embeddings = jax.lax.stop_gradient(encode(sam, batch["image"]))
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], frozen, batch, embeddings, key, model=model, settings=settings.loss
+        state["params"],
+        frozen,
+        batch,
+        embeddings,
+        key,
+        model=model,
+        settings=settings.loss,
+        hq_token_only=settings.hq_token_only,
     )
     if settings.nan_at_step >= 0:
         poison = jnp.where(step + 1 == settings.nan_at_step, jnp.nan, 1.0)

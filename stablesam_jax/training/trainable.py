@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..modeling.common import is_plugin_weight, is_sam_param
+from ..modeling.mask_decoder_hq import is_hq_path
 
 
 def decoder_filter(path, value) -> bool:
@@ -33,22 +34,8 @@ _PROMPT_TOKEN_PREFIXES = (
 )
 
 
-_HQ_MODULES = (
-    "hf_token",
-    "hf_mlp",
-    "compress_vit_feat",
-    "embedding_encoder",
-    "embedding_maskfeature",
-)
-
-
 def hq_filter(path, value) -> bool:
-    return (
-        is_sam_param(path, value)
-        and len(path) > 1
-        and path[0] == "mask_decoder"
-        and path[1] in _HQ_MODULES
-    )
+    return is_sam_param(path, value) and is_hq_path(path)
 
 
 def prompt_tokens_filter(path, value) -> bool:

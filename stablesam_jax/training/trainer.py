@@ -32,19 +32,21 @@ from .trainable import subset_filter
 
 def build_model(config: ml_collections.ConfigDict) -> Sam:
     """SAM or Stable-SAM as the config says, from `sam_checkpoint` or random (`model_seed`), then
-    `init_checkpoint` loaded over it."""
+    `init_checkpoint` loaded over it. With `hq_from_sam`, `sam_checkpoint` holds plain SAM weights
+    of the HQ model's base variant and HQ-SAM's own modules start from `model_seed`."""
     common = dict(
         dtype=DTYPES[config.dtype], attention_impl=config.attention_impl, seed=config.model_seed
     )
+    checkpoint = None if config.hq_from_sam else config.sam_checkpoint
     if config.with_plugins:
         options = dict(config.plugins.to_dict())
         options["dsp_layers"] = tuple(options["dsp_layers"])
         options["plugin_seed"] = options.pop("seed", None)
-        model = builder.build_stable_sam(
-            config.model_type, config.sam_checkpoint, **common, **options
-        )
+        model = builder.build_stable_sam(config.model_type, checkpoint, **common, **options)
     else:
-        model = builder.build_sam(config.model_type, config.sam_checkpoint, **common)
+        model = builder.build_sam(config.model_type, checkpoint, **common)
+    if config.hq_from_sam:
+        builder.load_sam_into_hq(model, config.sam_checkpoint)
     if config.init_checkpoint:
         ckpt.load_into(model, config.init_checkpoint)
     return model

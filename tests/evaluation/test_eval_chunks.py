@@ -2,33 +2,19 @@
 (monkeypatched) small device budget gives the masks of the unchunked call, one decoder shape for
 every chunk. Stable-SAM, so the DRP weights are stitched too."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from random_models import random_stable_sam
 
 from stablesam_jax.evaluation import predictors as predictors_module
 from stablesam_jax.evaluation.interface import PromptBatch, Sample
 from stablesam_jax.evaluation.predictors import SamEvalPredictor
-from stablesam_jax.modeling import SAM_VARIANTS, Sam
-from stablesam_jax.modeling.plugins import PluginConfig
 from stablesam_jax.utils import chunking
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    model = nnx.eval_shape(
-        lambda: Sam(
-            SAM_VARIANTS["vit_t"],
-            rngs=nnx.Rngs(0),
-            plugin_config=PluginConfig(),
-            model_type="vit_t",
-        )
-    )
-    rng = np.random.default_rng(0)
-    for _, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.Variable):
-            var.set_value(jnp.asarray(0.05 * rng.standard_normal(var.shape), var.dtype))
+    model = random_stable_sam(0)
     return SamEvalPredictor(model, max_points=2)
 
 

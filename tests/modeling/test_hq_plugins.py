@@ -9,15 +9,8 @@ from flax import nnx
 from stablesam_jax import SamPredictor, build_sam, build_stable_sam
 from stablesam_jax.checkpoint import flat_weights, is_sam_weight
 from stablesam_jax.modeling import count_params
+from stablesam_jax.modeling.mask_decoder_hq import HQ_MODULES
 from stablesam_jax.training.trainable import TRAINABLE_SUBSETS
-
-HQ_MODULES = (
-    "hf_token",
-    "hf_mlp",
-    "compress_vit_feat",
-    "embedding_encoder",
-    "embedding_maskfeature",
-)
 
 
 @pytest.fixture(scope="module")

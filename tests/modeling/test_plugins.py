@@ -11,7 +11,7 @@ from stablesam_jax import SamPredictor, build_sam, build_stable_sam
 from stablesam_jax.builder import save_merged, save_plugins
 from stablesam_jax.checkpoint import flat_weights, is_plugin_weight, is_sam_weight
 from stablesam_jax.modeling import ops, sampling, transformer
-from stablesam_jax.modeling.common import PluginParam, gelu
+from stablesam_jax.modeling.common import Conv, PluginParam, depthwise_conv_same, gelu
 from stablesam_jax.modeling.plugins import PluginConfig
 from stablesam_jax.modeling.transformer import TwoWayAttentionBlock
 from stablesam_jax.training.trainable import TRAINABLE_SUBSETS
@@ -287,11 +287,11 @@ def test_depthwise_conv_matches_grouped_convolution():
         precision=jax.lax.Precision.HIGHEST,
     )
     np.testing.assert_allclose(
-        sampling.depthwise_conv_same(x, kernel, bias), ref + bias, rtol=1e-5, atol=1e-5
+        depthwise_conv_same(x, kernel, bias), ref + bias, rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_allclose(sampling.depthwise_conv_same(x, kernel, None), ref, atol=1e-5)
+    np.testing.assert_allclose(depthwise_conv_same(x, kernel, None), ref, atol=1e-5)
     with pytest.raises(ValueError, match=r"odd square depthwise kernel \(k, k, 1, 6\)"):
-        sampling.depthwise_conv_same(x, kernel[:4, :4], None)
+        depthwise_conv_same(x, kernel[:4, :4], None)
 
 
 def test_row_gathers_match_the_sampler_inside_and_outside():
@@ -427,3 +427,26 @@ def test_fast_block_gradients_equal_the_written_out_ones():
         _assert_close(g, r, rtol=1e-4)
     offset_grad = grads[True]["dsp"]["offset"]["kernel"][...]
     assert np.abs(np.asarray(offset_grad)).max() > 0
+
+
+@pytest.mark.parametrize(
+    "k, stride, padding, size", [(3, 1, 1, 9), (3, 2, 1, 9), (3, 2, 1, 8), (5, 1, 0, 7)]
+)
+def test_conv_module_depthwise_paths_match_the_grouped_convolution(k, stride, padding, size):
+    conv = Conv(6, 6, k, stride=stride, padding=padding, groups=6, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, size, size + 1, 6))
+    ref = (
+        jax.lax.conv_general_dilated(
+            x,
+            conv.kernel[...],
+            (stride, stride),
+            [(padding, padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=6,
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        + conv.bias[...]
+    )
+    got = conv(x)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

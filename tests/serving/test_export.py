@@ -8,16 +8,12 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from random_models import random_stable_sam
 
 from stablesam_jax import SamPredictor
-from stablesam_jax.checkpoint import path_name
 from stablesam_jax.commands.export import main
-from stablesam_jax.modeling import SAM_VARIANTS, Sam
-from stablesam_jax.modeling.plugins import PluginConfig
 from stablesam_jax.serving import export as export_module
 from stablesam_jax.serving import runtime as serving
 from stablesam_jax.serving.export import export_model
@@ -34,29 +30,8 @@ PROMPTS = dict(
 @pytest.fixture(scope="module")
 def model():
     """vit_t Stable-SAM with every weight random, plugins included (moved offsets), so the
-    export must carry them all. Built abstractly and filled: op-by-op initialization costs half
-    a minute of compiling on CPU."""
-    stable = nnx.eval_shape(
-        lambda: Sam(
-            SAM_VARIANTS["vit_t"],
-            rngs=nnx.Rngs(0),
-            plugin_config=PluginConfig(),
-            model_type="vit_t",
-        )
-    )
-    rng = np.random.default_rng(3)
-    for path, var in nnx.iter_graph(stable):
-        if isinstance(var, nnx.Variable):
-            value = rng.standard_normal(var.shape).astype(np.float32)
-            name = path_name(path)
-            if "positional_encoding_gaussian_matrix" not in name:
-                value *= 0.05
-            if name.endswith("scale") and "norm" in name:
-                value += 1.0
-            if name.endswith("drp.scale"):
-                value = np.ones(var.shape, np.float32)
-            var.set_value(jnp.asarray(value, var.dtype))
-    return stable
+    export must carry them all."""
+    return random_stable_sam(3, sam_like=True)
 
 
 @pytest.fixture(scope="module")
