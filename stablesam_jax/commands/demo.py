@@ -18,7 +18,7 @@ import os
 import sys
 import zipfile
 
-from ..demo.settings import EVAL_SCENE_SEED, FULL, QUICK, DemoSettings
+from ..demo.settings import EVAL_SCENE_SEED, FULL, QUICK, SCENE_MAX_OBJECTS, DemoSettings
 from ._errors import UsageError, add_debug_flag, command
 from ._outputs import check_output_dir, is_within
 
@@ -51,6 +51,17 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         action="store_const",
         const=True,
         help="remove each example's mean offset (no global translation; not the paper's form)",
+    )
+    parser.add_argument(
+        "--padding",
+        choices=("zeros", "border"),
+        help="what a DSP sample off the map reads: nothing (zeros, default) or the nearest edge cell",
+    )
+    parser.add_argument(
+        "--scene-family",
+        choices=tuple(SCENE_MAX_OBJECTS),
+        help="the scenes every demo set is drawn from (default shapes; give --sam-weights "
+        "pretrained on the same family)",
     )
     parser.add_argument("--occlusion-prob", type=float)
     parser.add_argument("--seed", type=int, help="training and prompt seed")
@@ -89,6 +100,8 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
             "offset_scale",
             "dsp_lr_multiplier",
             "center_offsets",
+            "padding",
+            "scene_family",
             "occlusion_prob",
             "seed",
             "eval_seed",

@@ -10,14 +10,14 @@ object, and thin parts hang off compact bodies. Everything derives from `np.rand
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from . import cluster_scenes, painting
 from .folders import DATASETS
 
 SHAPE_KINDS = (
@@ -31,130 +31,27 @@ SHAPE_KINDS = (
     "branch",
     "handle",
 )
-TEXTURE_KINDS = ("solid", "stripes", "checker", "noise", "gradient")
 
 # An instance whose visible part covers less than this fraction of the image is dropped: it would be
 # a few pixels after the pipeline's downscaling and teaches nothing but noise.
 MIN_VISIBLE_FRACTION = 0.002
-# RGB distance an object's colour keeps from the colours it must stand out against (the
-# background's main colours, or the object it sits on).
-MIN_BACKGROUND_CONTRAST = 70.0
-
-
-@functools.lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    yy.setflags(write=False)
-    xx.setflags(write=False)
-    return yy, xx
-
-
-@functools.lru_cache(maxsize=8)
-def _int_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:size, 0:size]
-    ys.setflags(write=False)
-    xs.setflags(write=False)
-    return ys, xs
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Low-frequency noise in [0, 1]: a coarse random grid upsampled bilinearly (cheap blobs)."""
-    coarse = rng.random((cells, cells), dtype=np.float32)
-    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR))
-
-
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0, 255, size=3).astype(np.float32)
-
-
-def _contrasting_colour(rng: np.random.Generator, avoid: Sequence[np.ndarray]) -> np.ndarray:
-    colour = _random_colour(rng)
-    for _ in range(20):
-        if min(np.linalg.norm(colour - other) for other in avoid) >= MIN_BACKGROUND_CONTRAST:
-            break
-        colour = _random_colour(rng)
-    return colour
-
-
-def _texture_weight(rng: np.random.Generator, size: int, kind: str, ys, xs) -> np.ndarray | None:
-    """Mixing weight in [0, 1] between a texture's two colours at integer pixels (ys, xs).
-
-    Evaluated only where it is needed (an object's own pixels), which keeps a scene fast.
-    `None` means a plain colour.
-    """
-    if kind == "solid":
-        return None
-    if kind == "noise":
-        return _smooth_noise(rng, size, int(rng.integers(4, 24)))[ys, xs]
-    theta = rng.uniform(0, np.pi)
-    # Python floats, not numpy float64 scalars, so the float32 pixel maths stays float32.
-    cos, sin = float(np.cos(theta)), float(np.sin(theta))
-    yf, xf = ys.astype(np.float32), xs.astype(np.float32)
-    along = cos * xf + sin * yf
-    if kind == "stripes":
-        period = size * rng.uniform(0.03, 0.12)
-        wave = np.sin(along * (2 * np.pi / period) + rng.uniform(0, 2 * np.pi))
-        return np.clip(wave * rng.uniform(1.0, 4.0), -1, 1) * 0.5 + 0.5
-    if kind == "checker":
-        cell = size * rng.uniform(0.03, 0.1)
-        across = cos * yf - sin * xf
-        return ((np.floor(along / cell) + np.floor(across / cell)) % 2).astype(np.float32)
-    if kind == "gradient":
-        return (along - along.min()) / max(float(np.ptp(along)), 1.0)
-    raise ValueError(f"unknown texture {kind!r}")
-
-
-def _mix(c0: np.ndarray, c1: np.ndarray, weight: np.ndarray | None, count_shape) -> np.ndarray:
-    if weight is None:
-        return np.broadcast_to(c0, (*count_shape, 3))
-    return c0 + (c1 - c0) * weight[..., None]
 
 
 def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Background image float32 [H, W, 3] and its main colours (objects must contrast with them)."""
-    colours = np.stack([_random_colour(rng) for _ in range(3)])
+    colours = np.stack([painting.random_colour(rng) for _ in range(3)])
     kind = str(rng.choice(("stripes", "noise", "gradient", "checker"), p=(0.3, 0.35, 0.25, 0.1)))
-    ys, xs = _int_grid(size)
-    weight = _texture_weight(rng, size, kind, ys, xs)
+    ys, xs = painting.int_grid(size)
+    weight = painting.texture_weight(rng, size, kind, ys, xs)
     # Blotches of a third colour break the background's regularity, so "not background" cannot be
     # learned from one colour pair alone.
-    blotches = _smooth_noise(rng, size, int(rng.integers(3, 8))) > rng.uniform(0.55, 0.75)
+    blotches = painting.smooth_noise(rng, size, int(rng.integers(3, 8))) > rng.uniform(0.55, 0.75)
     keep = np.where(blotches, np.float32(0.6), np.float32(1.0))
     # One (H*W, 3) x (3, 3) product mixes all three colours: far cheaper than chained RGB arrays.
     coefficients = np.stack([keep * (1 - weight), keep * weight, 1 - keep], axis=-1)
     image = coefficients @ colours
     c0, c1, c2 = colours
     return image, [c0, c1, 0.6 * (c0 + c1) / 2 + 0.4 * c2]
-
-
-def _canvas(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
-    canvas = Image.new("L", (size, size), 0)
-    return canvas, ImageDraw.Draw(canvas)
-
-
-def _as_mask(canvas: Image.Image) -> np.ndarray:
-    return np.asarray(canvas) > 0
-
-
-def _ellipse(size, cy, cx, a, b, theta) -> np.ndarray:
-    yy, xx = _grid(size)
-    dy, dx = yy - float(cy), xx - float(cx)
-    cos, sin = float(np.cos(theta)), float(np.sin(theta))
-    u = cos * dx + sin * dy
-    v = cos * dy - sin * dx
-    a, b = float(a), float(b)
-    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
-
-
-def _polygon_points(rng, cy, cx, radius, num_vertices, inner_ratio=None):
-    """Vertices around (cy, cx); a star when inner_ratio is set (alternating outer/inner radius)."""
-    if inner_ratio is None:
-        angles = np.sort(rng.uniform(0, 2 * np.pi, num_vertices))
-        radii = radius * rng.uniform(0.55, 1.0, num_vertices)
-    else:
-        angles = rng.uniform(0, 2 * np.pi) + np.arange(2 * num_vertices) * np.pi / num_vertices
-        radii = np.where(np.arange(2 * num_vertices) % 2 == 0, radius, radius * inner_ratio)
-    return list(zip(cx + radii * np.cos(angles), cy + radii * np.sin(angles)))
 
 
 def _thin_width(rng, size) -> int:
@@ -164,30 +61,34 @@ def _thin_width(rng, size) -> int:
 def _shape(rng: np.random.Generator, kind: str, size: int, cy, cx, radius) -> np.ndarray:
     theta = rng.uniform(0, np.pi)
     if kind == "ellipse":
-        return _ellipse(size, cy, cx, radius, radius * rng.uniform(0.35, 1.0), theta)
+        return painting.ellipse(size, cy, cx, radius, radius * rng.uniform(0.35, 1.0), theta)
     if kind == "ring":
         a, b = radius, radius * rng.uniform(0.6, 1.0)
         hole = rng.uniform(0.4, 0.7)
-        return _ellipse(size, cy, cx, a, b, theta) & ~_ellipse(
+        return painting.ellipse(size, cy, cx, a, b, theta) & ~painting.ellipse(
             size, cy, cx, a * hole, b * hole, theta
         )
     if kind == "crescent":
         shift = radius * rng.uniform(0.35, 0.6)
-        outer = _ellipse(size, cy, cx, radius, radius * rng.uniform(0.7, 1.0), theta)
-        bite = _ellipse(
+        outer = painting.ellipse(size, cy, cx, radius, radius * rng.uniform(0.7, 1.0), theta)
+        bite = painting.ellipse(
             size, cy + shift * np.sin(theta), cx + shift * np.cos(theta), radius, radius, theta
         )
         return outer & ~bite
-    canvas, draw = _canvas(size)
+    canvas, draw = painting.canvas(size)
     if kind == "polygon":
-        draw.polygon(_polygon_points(rng, cy, cx, radius, int(rng.integers(3, 9))), fill=255)
+        draw.polygon(
+            painting.polygon_points(rng, cy, cx, radius, int(rng.integers(3, 9))), fill=255
+        )
     elif kind == "star":
-        points = _polygon_points(
+        points = painting.polygon_points(
             rng, cy, cx, radius, int(rng.integers(4, 9)), inner_ratio=rng.uniform(0.3, 0.6)
         )
         draw.polygon(points, fill=255)
     elif kind == "holed_polygon":
-        draw.polygon(_polygon_points(rng, cy, cx, radius, int(rng.integers(5, 9))), fill=255)
+        draw.polygon(
+            painting.polygon_points(rng, cy, cx, radius, int(rng.integers(5, 9))), fill=255
+        )
         hole_r = radius * rng.uniform(0.2, 0.4)
         draw.ellipse((cx - hole_r, cy - hole_r, cx + hole_r, cy + hole_r), fill=0)
     elif kind == "bar":
@@ -236,7 +137,7 @@ def _shape(rng: np.random.Generator, kind: str, size: int, cy, cx, radius) -> np
             )
     else:
         raise ValueError(f"unknown shape {kind!r}")
-    return _as_mask(canvas)
+    return painting.as_mask(canvas)
 
 
 def _place_object(rng, size: int, placed: list, background_colours) -> tuple:
@@ -250,8 +151,8 @@ def _place_object(rng, size: int, placed: list, background_colours) -> tuple:
     if arrangement == "free":
         radius = size * rng.uniform(0.12, 0.3)
         cy, cx = size * rng.uniform(0.2, 0.8, size=2)
-        colour = _contrasting_colour(rng, background_colours)
-        texture = str(rng.choice(TEXTURE_KINDS))
+        colour = painting.contrasting_colour(rng, background_colours)
+        texture = str(rng.choice(painting.TEXTURE_KINDS))
     else:
         anchor_cy, anchor_cx, anchor_r, anchor_colour, anchor_texture = placed[
             int(rng.integers(len(placed)))
@@ -270,19 +171,8 @@ def _place_object(rng, size: int, placed: list, background_colours) -> tuple:
             cy, cx = anchor_cy + anchor_r * rng.uniform(-0.3, 0.3, size=2)
             kind = str(rng.choice(("ellipse", "polygon", "star", "crescent")))
             if rng.random() < 0.5:
-                colour = _contrasting_colour(rng, [anchor_colour])
+                colour = painting.contrasting_colour(rng, [anchor_colour])
     return kind, cy, cx, radius, colour, texture
-
-
-def _visible_parts(shapes: list[np.ndarray], size: int) -> list[np.ndarray]:
-    """Visible part = own pixels minus those of every object drawn later (in front)."""
-    visible: list[np.ndarray] = []
-    covered = np.zeros((size, size), dtype=bool)
-    for shape in reversed(shapes):
-        visible.append(shape & ~covered)
-        covered |= shape
-    visible.reverse()
-    return visible
 
 
 def generate_scene(seed: int | Sequence[int], size: int = 256, max_objects: int = 4) -> dict:
@@ -307,14 +197,14 @@ def generate_scene(seed: int | Sequence[int], size: int = 256, max_objects: int 
     for _ in range(num_objects):
         kind, cy, cx, radius, colour, texture = _place_object(rng, size, placed, background_colours)
         shape = _shape(rng, kind, size, cy, cx, radius)
-        second = _contrasting_colour(rng, [colour]) if texture != "solid" else colour
+        second = painting.contrasting_colour(rng, [colour]) if texture != "solid" else colour
         # Keep the texture's second colour close enough that the object still reads as one thing.
         second = (colour + 0.5 * (second - colour)).astype(np.float32)
         ys, xs = np.nonzero(shape)
         if ys.size == 0:  # placed entirely outside the frame
             continue
-        weight = _texture_weight(rng, size, texture, ys, xs)
-        image[shape] = _mix(colour, second, weight, ys.shape)  # same order as nonzero
+        weight = painting.texture_weight(rng, size, texture, ys, xs)
+        image[shape] = painting.mix(colour, second, weight, ys.shape)  # same order as nonzero
         shapes.append(shape)
         kinds.append(kind)
         placed.append((cy, cx, radius, colour, texture))
@@ -324,34 +214,35 @@ def generate_scene(seed: int | Sequence[int], size: int = 256, max_objects: int 
     image += (rng.random((size, size, 3), dtype=np.float32) - 0.5) * grain
     image = np.clip(image, 0, 255).astype(np.uint8)
 
-    visible = _visible_parts(shapes, size)
-    min_area = MIN_VISIBLE_FRACTION * size * size
-    keep = [i for i, mask in enumerate(visible) if mask.sum() >= min_area]
-    if not keep:
-        # Every object ended up a sliver (thin shapes, heavy occlusion): one large ellipse in front
-        # keeps the promise of at least one instance.
-        fallback = _ellipse(size, size / 2, size / 2, size * 0.25, size * 0.18, 0.0)
-        colour = _contrasting_colour(rng, background_colours)
-        image = np.where(fallback[..., None], colour.astype(np.uint8), image)
-        return {"image": image, "masks": fallback[None], "shapes": ("ellipse",)}
-    return {
-        "image": image,
-        "masks": np.stack([visible[i] for i in keep]),
-        "shapes": tuple(kinds[i] for i in keep),
-    }
+    drawn = (image, shapes, kinds, background_colours)
+    return painting.finish_scene(*drawn, MIN_VISIBLE_FRACTION, (0.25, 0.18), rng)
+
+
+SCENE_FAMILIES = ("shapes", "clusters")
 
 
 class SceneDataset:
-    """`num_scenes` random-access synthetic scenes; scene i is `generate_scene((seed, i), size)`.
+    """`num_scenes` random-access synthetic scenes; scene i is `generate_scene((seed, i), size)`
+    ("shapes", this module) or `cluster_scenes.generate_cluster_scene` ("clusters").
 
     Picklable and stateless, so Grain worker processes regenerate identical scenes.
     """
 
-    def __init__(self, num_scenes: int, seed: int = 0, size: int = 256, max_objects: int = 4):
+    def __init__(
+        self,
+        num_scenes: int,
+        seed: int = 0,
+        size: int = 256,
+        max_objects: int = 4,
+        family: str = "shapes",
+    ):
+        if family not in SCENE_FAMILIES:
+            raise ValueError(f"scene family must be one of {SCENE_FAMILIES}, got {family!r}")
         self.num_scenes = int(num_scenes)
         self.seed = int(seed)
         self.size = int(size)
         self.max_objects = int(max_objects)
+        self.family = family
 
     def __len__(self) -> int:
         return self.num_scenes
@@ -360,8 +251,14 @@ class SceneDataset:
         index = int(index)
         if not 0 <= index < self.num_scenes:
             raise IndexError(f"scene {index} out of range [0, {self.num_scenes})")
-        scene = generate_scene((self.seed, index), self.size, self.max_objects)
-        scene["name"] = f"scene_{self.seed}_{index:06d}"
+        if self.family == "clusters":
+            scene = cluster_scenes.generate_cluster_scene(
+                (self.seed, index), self.size, self.max_objects
+            )
+            scene["name"] = f"clusters_{self.seed}_{index:06d}"
+        else:
+            scene = generate_scene((self.seed, index), self.size, self.max_objects)
+            scene["name"] = f"scene_{self.seed}_{index:06d}"
         return scene
 
 

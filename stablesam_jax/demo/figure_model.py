@@ -97,7 +97,8 @@ def _drp_scale(model) -> float:
 def _examples(sam, stable_sam, settings: DemoSettings) -> tuple[list[dict], list[dict]]:
     """(mask comparison rows, sampling-point panels): every sloppy prompt type on the first
     `figure_examples` evaluation images; sampling points on the first image only."""
-    source = make_eval_source(SceneDataset(settings.eval_scenes, seed=settings.eval_seed, size=256))
+    scenes = SceneDataset(settings.eval_scenes, seed=settings.eval_seed, **settings.scene_options())
+    source = make_eval_source(scenes)
     max_points = max_points_for(settings.prompt_types)
     models = {
         "SAM": FigureModel(sam, max_points),

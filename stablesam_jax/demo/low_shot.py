@@ -96,7 +96,11 @@ def run_low_shot(
     models, summaries = train_runs(runs, run["work"])
     _say(f"evaluating {1 + len(models)} models on {settings.eval_scenes} held-out scenes")
     dataset = evaluation.DatasetSpec(
-        name="scenes", kind="scenes", num=settings.eval_scenes, seed=settings.eval_seed, size=256
+        name="scenes",
+        kind="scenes",
+        num=settings.eval_scenes,
+        seed=settings.eval_seed,
+        **settings.scene_options(),
     )
     report = evaluation.evaluate_report(
         eval_predictors(run["sam"], models),

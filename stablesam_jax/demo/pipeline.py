@@ -33,6 +33,7 @@ def train_config(settings: DemoSettings, sam_checkpoint: str):
     config.sam_checkpoint = sam_checkpoint
     config.plugins.offset_scale = settings.offset_scale
     config.plugins.center_offsets = settings.center_offsets
+    config.plugins.padding = settings.padding
     config.optimizer.dsp_lr_multiplier = settings.dsp_lr_multiplier
     config.seed = settings.seed
     config.batch_size = settings.batch_size
@@ -42,6 +43,8 @@ def train_config(settings: DemoSettings, sam_checkpoint: str):
     config.data.num_scenes = settings.train_scenes
     config.data.scene_seed = TRAIN_SCENE_SEED
     config.data.scene_size = 256
+    config.data.scene_family = settings.scene_family
+    config.data.max_objects = settings.scene_options()["max_objects"]
     config.data.mixture = dict(settings.mixture)
     config.data.occlusion_prob = settings.occlusion_prob
     config.data.use_lsj = settings.lsj_range is not None
@@ -101,7 +104,11 @@ def _drp_a1(pooled: dict, prompt_types) -> dict[str, float]:
 def _evaluate(sam, stable_sam, settings: DemoSettings) -> dict:
     """The evaluation report of both models on the held-out scenes."""
     dataset = evaluation.DatasetSpec(
-        name="scenes", kind="scenes", num=settings.eval_scenes, seed=settings.eval_seed, size=256
+        name="scenes",
+        kind="scenes",
+        num=settings.eval_scenes,
+        seed=settings.eval_seed,
+        **settings.scene_options(),
     )
     return evaluation.evaluate_report(
         {"SAM": sam, "Stable-SAM": stable_sam},

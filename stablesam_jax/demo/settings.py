@@ -14,6 +14,8 @@ FIGURE_FILES = {
 # Scene seeds: pretraining uses 1 (train/configs/demo_pretrain.py); the three sets never overlap.
 TRAIN_SCENE_SEED = 2
 EVAL_SCENE_SEED = 3
+# Objects per scene of each family (stablesam_jax.data.scenes.SCENE_FAMILIES) the demo uses.
+SCENE_MAX_OBJECTS = {"shapes": 4, "clusters": 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,10 @@ class DemoSettings:
     # DSP's lr multiplier in training.optim); the defaults are the paper's form.
     dsp_lr_multiplier: float = 1.0
     center_offsets: bool = False
+    padding: str = "zeros"
+    # The scene family of every set the demo trains and evaluates on (not the study's generality
+    # family); the SAM it loads should have been pretrained on the same family.
+    scene_family: str = "shapes"
     # RTS prompt mixture over prompts.RTS_KINDS (the paper: all kinds; weights are ours).
     mixture: tuple[tuple[str, float], ...] = (
         ("gt_box", 1.0),
@@ -47,6 +53,14 @@ class DemoSettings:
     # The reported numbers use EVAL_SCENE_SEED; choices such as s_p were made on another seed.
     eval_seed: int = EVAL_SCENE_SEED
     figure_examples: int = 3
+
+    def scene_options(self) -> dict:
+        """`SceneDataset` / `DatasetSpec` keywords of the demo's scenes (besides count and seed)."""
+        return {
+            "size": 256,
+            "max_objects": SCENE_MAX_OBJECTS[self.scene_family],
+            "family": self.scene_family,
+        }
 
     @property
     def train_steps(self) -> int:

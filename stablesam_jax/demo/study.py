@@ -37,7 +37,11 @@ def datasets(settings: DemoSettings, generality_scenes: int) -> dict:
     """{"held-out": the demo's evaluation scenes, "cluttered": the generality family}."""
     return {
         "held-out": evaluation.DatasetSpec(
-            name="held-out", kind="scenes", num=settings.eval_scenes, seed=settings.eval_seed
+            name="held-out",
+            kind="scenes",
+            num=settings.eval_scenes,
+            seed=settings.eval_seed,
+            **settings.scene_options(),
         ),
         "cluttered": evaluation.DatasetSpec(
             name="cluttered",

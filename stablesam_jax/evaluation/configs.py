@@ -107,7 +107,13 @@ def folder_dataset_config(
 
 
 def scenes_dataset_config(
-    num: int = 8, *, seed: int = 0, size: int = 256, max_objects: int = 4, enabled: bool = True
+    num: int = 8,
+    *,
+    seed: int = 0,
+    size: int = 256,
+    max_objects: int = 4,
+    family: str = "shapes",
+    enabled: bool = True,
 ):
     return ml_collections.ConfigDict(
         dict(
@@ -116,6 +122,7 @@ def scenes_dataset_config(
             seed=seed,
             size=size,
             max_objects=max_objects,
+            family=family,
             max_images=config_dict.placeholder(int),
             enabled=enabled,
         )

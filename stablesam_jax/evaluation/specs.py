@@ -140,6 +140,7 @@ class DatasetSpec:
     seed: int = 0
     size: int = 256
     max_objects: int = 4
+    family: str = "shapes"
     tfds_dir: str | None = None
     split: str | None = None
     max_images: int | None = None
@@ -183,7 +184,13 @@ class DatasetSpec:
             return EvalSource(PairSource(pairs, names))
         if self.kind == "scenes":
             return EvalSource(
-                SceneDataset(self.num, seed=self.seed, size=self.size, max_objects=self.max_objects)
+                SceneDataset(
+                    self.num,
+                    seed=self.seed,
+                    size=self.size,
+                    max_objects=self.max_objects,
+                    family=self.family,
+                )
             )
         if self.kind == "tfds":
             if not self.tfds_dir:

@@ -26,6 +26,7 @@ from .common import (
 )
 
 SAMPLE_SOURCES = ("raw", "projected")
+PADDING_MODES = ("zeros", "border")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,13 @@ class PluginConfig:
         the field holds deformations and no global translation (the offset network's features
         share most of their energy across cells, so an uncentred last conv learns mostly a
         translation). Off: the paper's form.
+    padding: what a sampling position outside the map reads. "zeros" (grid_sample's default,
+        the paper is silent): nothing, so the key and value are SAM's biases alone; a field that
+        shifts every position off the map's edge thereby gives the output token bias-only keys
+        to park attention on. "border": the position is clamped onto the map (grid_sample's
+        padding_mode="border"), every sample is a real feature. The paper states that p + dp
+        stays within (0, 0)..(H - 1, W - 1), which is "border"'s range; the default stays
+        "zeros", with which the shipped demo numbers were measured.
     """
 
     dsp_layers: tuple[int, ...] = (1,)
@@ -53,10 +61,13 @@ class PluginConfig:
     drp_hidden_dim: int = 32
     seed: int = 0
     center_offsets: bool = False
+    padding: str = "zeros"
 
     def __post_init__(self):
         if self.sample not in SAMPLE_SOURCES:
             raise ValueError(f"sample must be one of {SAMPLE_SOURCES}, got {self.sample!r}")
+        if self.padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
         if self.offset_scale <= 0:
             raise ValueError(f"offset_scale must be positive, got {self.offset_scale}")
         object.__setattr__(self, "dsp_layers", tuple(int(i) for i in self.dsp_layers))
@@ -69,6 +80,7 @@ class DeformableSamplingPlugin(nnx.Module):
         self.offset_scale = config.offset_scale
         self.sample = config.sample
         self.center_offsets = bool(config.center_offsets)
+        self.padding = config.padding
         self.proj = Conv(dim, dim, 1, rngs=rngs, param_type=PluginParam)
         self.dwconv = Conv(dim, dim, 5, padding=2, groups=dim, rngs=rngs, param_type=PluginParam)
         self.norm = LayerNorm(dim, eps=1e-5, param_type=PluginParam)
@@ -105,10 +117,19 @@ class DeformableSamplingPlugin(nnx.Module):
         projected = self.project(x_p)
         return self.offsets_of_projected(projected), projected
 
+    def sampling_positions(self, offsets: jax.Array) -> jax.Array:
+        """offsets [..., H, W, 2] -> where the features are read, p + dp [..., H, W, 2]; with
+        "border" padding clamped onto the map (so the positions reported are the ones read)."""
+        h, w = offsets.shape[-3:-1]
+        positions = ops.reference_grid(h, w) + offsets
+        if self.padding == "border":
+            positions = jnp.clip(positions, 0.0, jnp.array([h - 1, w - 1], positions.dtype))
+        return positions
+
     def positions(self, x_p: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x_p [B, H, W, C] -> (sampling positions p + dp [B, H, W, 2], projected features)."""
         offsets, projected = self.offsets(x_p)
-        return ops.reference_grid(*x_p.shape[1:3])[None] + offsets, projected
+        return self.sampling_positions(offsets), projected
 
     def __call__(self, x_p: jax.Array, pe: jax.Array):
         """x_p, pe: [B, H, W, C]. Returns (positions [B, H, W, 2], x_{p+dp}, pe_{p+dp}).

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import ops, sampling
+from . import sampling
 from .common import LayerNorm, Linear, MLPBlock, precision_for, relu
 from .plugins import DeformableSamplingPlugin, DynamicRoutingPlugin, PluginConfig
 
@@ -169,7 +169,7 @@ class TwoWayAttentionBlock(nnx.Module):
             if k_src is None:
                 k_src, v_src = k_reg, v_reg
             offsets = dsp.offsets_of_projected(proj.reshape(1, h, w, -1))[0]
-            positions = ops.reference_grid(h, w) + offsets
+            positions = dsp.sampling_positions(offsets)
             corners = sampling.bilinear_corners(positions.reshape(h * w, 2), hw)
             k = sampling.gather_bilinear(k_src, *corners)
             v = sampling.gather_bilinear(v_src, *corners)

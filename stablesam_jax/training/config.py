@@ -15,6 +15,8 @@ import ml_collections
 
 from ..data.folders import HQSEG44K_TRAIN
 from ..data.prompts import RTS_KINDS
+from ..data.scenes import SCENE_FAMILIES
+from ..modeling.plugins import PluginConfig
 from ..modeling.sam import SAM_VARIANTS
 from . import losses
 from .trainable import subset_filter
@@ -55,6 +57,7 @@ def _add_model_fields(c: ml_collections.ConfigDict) -> None:
             drp_hidden_dim=32,
             seed=0,  # plugin initialization, independent of model_seed (SAM's)
             center_offsets=False,  # True: no global translation (PluginConfig.center_offsets)
+            padding="zeros",  # off-map samples: "zeros" or "border" (PluginConfig.padding)
         )
     )
     c.trainable = (
@@ -118,6 +121,7 @@ def _add_data_fields(c: ml_collections.ConfigDict) -> None:
     c.data.scene_seed = 0
     c.data.scene_size = 256
     c.data.max_objects = 4
+    c.data.scene_family = "shapes"  # shapes / clusters (stablesam_jax.data.scenes.SCENE_FAMILIES)
     # RTS prompt mixture: relative weights of prompts.RTS_KINDS (paper: all kinds, no weights given;
     # ours: uniform).
     c.data.mixture = ml_collections.ConfigDict({kind: 1.0 for kind in RTS_KINDS})
@@ -195,6 +199,11 @@ def _check_model(config) -> str | None:
         return f"config.trainable={config.trainable!r}: {error}"
     if config.trainable == "plugins" and not config.with_plugins:
         return "config.trainable='plugins' needs config.with_plugins=True"
+    if config.with_plugins:
+        try:
+            PluginConfig(**config.plugins.to_dict())
+        except (TypeError, ValueError) as error:
+            return f"config.plugins: {error}"
     is_hq = SAM_VARIANTS[config.model_type].hq
     for field in ("hq_from_sam", "hq_token_only"):
         if config.get(field) and not is_hq:
@@ -231,6 +240,10 @@ def _check_data(config) -> str | None:
         return (
             "config.data.root is not set: point it at the folder holding HQSeg-44K (DIS5K/, "
             "thin_object_detection/, cascade_psp/), or use data.source='scenes'"
+        )
+    if config.data.source == "scenes" and config.data.scene_family not in SCENE_FAMILIES:
+        return (
+            f"config.data.scene_family={config.data.scene_family!r}; choose from {SCENE_FAMILIES}"
         )
     if config.data.source == "folders" and not (config.data.image_dir and config.data.mask_dir):
         return "data.source='folders' needs config.data.image_dir and config.data.mask_dir"

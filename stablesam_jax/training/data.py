@@ -34,6 +34,7 @@ def make_source(config: ml_collections.ConfigDict):
             seed=data.scene_seed,
             size=data.scene_size,
             max_objects=data.max_objects,
+            family=data.scene_family,
         )
     if data.source == "hqseg44k":
         return pipeline.pair_source(

@@ -336,7 +336,12 @@ def _reference_block(block, queries, keys, query_pe, key_pe, hw):
     pe = jnp.broadcast_to(key_pe, keys.shape).reshape(b, h, w, -1)
     projected = dsp.proj(x_p)
     raw = dsp.offset(gelu(dsp.norm(dsp.dwconv(projected))))
-    positions = ops.reference_grid(h, w)[None] + dsp.offset_scale * jnp.tanh(raw)
+    unclamped = ops.reference_grid(h, w)[None] + dsp.offset_scale * jnp.tanh(raw)
+    positions = unclamped
+    if dsp.padding == "border":  # the paper: p + dp within (0, 0)..(H - 1, W - 1)
+        positions = jnp.stack(
+            [jnp.clip(unclamped[..., 0], 0, h - 1), jnp.clip(unclamped[..., 1], 0, w - 1)], -1
+        )
     source = x_p if dsp.sample == "raw" else projected
     sampled = jax.vmap(ops.bilinear_sample)(source, positions)
     sampled_pe = jax.vmap(ops.bilinear_sample)(pe, positions)
@@ -354,7 +359,9 @@ def _reference_block(block, queries, keys, query_pe, key_pe, hw):
     queries = block.norm3(queries + block.mlp(queries))
     q, k = queries + query_pe, keys + key_pe
     keys = block.norm4(keys + block.cross_attn_image_to_token(k, q, queries))
-    return (queries, keys), dict(positions=positions, alpha=alpha, weights=weights)
+    return (queries, keys), dict(
+        positions=positions, unclamped=unclamped, alpha=alpha, weights=weights
+    )
 
 
 def _block_inputs(seed, b=3, hw=(6, 5), tokens=7, shared_pe=True):
@@ -382,6 +389,8 @@ def _assert_close(got, ref, rtol=1e-5):
         ({"sample": "projected"}, True, True),
         ({"use_drp": False}, False, True),
         ({"sample": "projected", "use_drp": False}, False, False),
+        ({"padding": "border"}, True, True),
+        ({"padding": "border", "use_drp": False}, False, False),
     ],
 )
 def test_fast_block_equals_eq_4_to_6_written_out(monkeypatch, options, shared_pe, one_at_a_time):
@@ -391,8 +400,11 @@ def test_fast_block_equals_eq_4_to_6_written_out(monkeypatch, options, shared_pe
     hw = (6, 5)
     got_q, got_k, inter = block(queries, keys, query_pe, key_pe, hw=hw, return_intermediates=True)
     (ref_q, ref_k), ref = _reference_block(block, queries, keys, query_pe, key_pe, hw)
-    offsets = np.asarray(ref["positions"] - ops.reference_grid(*hw))
-    assert np.abs(offsets).max() > 2.0 and (np.asarray(ref["positions"]) < 0).any()
+    offsets = np.asarray(ref["unclamped"] - ops.reference_grid(*hw))
+    assert np.abs(offsets).max() > 2.0 and (np.asarray(ref["unclamped"]) < 0).any()
+    if options.get("padding") == "border":
+        positions = np.asarray(inter["dsp_positions"])
+        assert positions.min() == 0.0 and (positions <= np.array([hw[0] - 1, hw[1] - 1])).all()
     _assert_close(inter["dsp_positions"], ref["positions"])
     _assert_close(inter["token_to_image_attn"], ref["weights"])
     _assert_close(got_q, ref_q)

@@ -11,6 +11,7 @@ from flax import nnx
 from train_helpers import REPO
 
 from stablesam_jax import training
+from stablesam_jax.evaluation.specs import specs_from_config
 from stablesam_jax.modeling.mask_decoder_hq import MaskDecoderHQ
 from stablesam_jax.training.trainable import TRAINABLE_SUBSETS
 from stablesam_jax.training.trainer import build_model
@@ -59,3 +60,12 @@ def test_eval_configs_have_an_hq_sam_row(name):
     row = config.models.hq_sam
     assert row.model_type == "hq_vit_l" and row.kind == "sam" and not row.enabled
     assert {"sam", "stable_sam"} <= set(config.models.keys())
+
+
+def test_demo_sam_clusters_eval_config_scores_the_clusters_selection_scenes():
+    config = _load("eval", "configs", "demo_sam_clusters.py").get_config()
+    models, datasets, coco = specs_from_config(config)
+    assert [m.model_type for m in models] == ["vit_demo"] and not coco
+    (spec,) = datasets
+    assert (spec.family, spec.seed, spec.num, spec.max_objects) == ("clusters", 4, 40, 8)
+    assert spec.open()[0][2] == "clusters_4_000000"

@@ -155,6 +155,10 @@ def test_config_errors_name_the_field(tmp_path):
         training.validate_config(tiny_config("plugins", with_plugins=False))
     with pytest.raises(ValueError, match="trainable subset"):
         training.validate_config(tiny_config(trainable="encoder"))
+    with pytest.raises(training.ConfigError, match="config.plugins: padding must be one of"):
+        training.validate_config(tiny_config("plugins", **{"plugins.padding": "wrap"}))
+    with pytest.raises(training.ConfigError, match="scene_family='dots'; choose from"):
+        training.validate_config(tiny_config(**{"data.scene_family": "dots"}))
 
 
 def test_image_masks_are_checked_for_existence(tmp_path):
@@ -226,3 +230,21 @@ def test_build_model_reads_sam_and_init_checkpoints(tmp_path):
     continued = ckpt.flat_weights(training.build_model(config))
     for name in want_sam:
         np.testing.assert_array_equal(continued[name], want_sam[name], err_msg=name)
+
+
+@pytest.mark.parametrize("variant", [None, "stage2", "clusters"])
+def test_demo_pretrain_variants_validate_and_draw_their_scene_family(variant):
+    path = os.path.join(REPO, "train", "configs", "demo_pretrain.py")
+    spec = importlib.util.spec_from_file_location("demo_pretrain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant)
+    training.validate_config(config)
+    source = training.make_source(config)
+    family = "clusters" if variant == "clusters" else "shapes"
+    assert source.family == family and source[0]["name"].startswith(
+        "clusters_" if family == "clusters" else "scene_"
+    )
+    assert config.trainable == "all" and not config.with_plugins
+    with pytest.raises(ValueError, match="unknown variant 'stage3'"):
+        module.get_config("stage3")
