@@ -45,8 +45,8 @@ class PluginConfig:
         the field holds deformations and no global translation (the offset network's features
         share most of their energy across cells, so an uncentred last conv learns mostly a
         translation). Off: the paper's form.
-    padding: what a sampling position outside the map reads. "zeros" (grid_sample's default,
-        the paper is silent): nothing, so the key and value are SAM's biases alone; a field that
+    padding: what a sampling position outside the map reads. "zeros" (grid_sample's default):
+        nothing, so the key and value are SAM's biases alone; a field that
         shifts every position off the map's edge thereby gives the output token bias-only keys
         to park attention on. "border": the position is clamped onto the map (grid_sample's
         padding_mode="border"), every sample is a real feature. The paper states that p + dp
