@@ -8,9 +8,10 @@ the bodies are compact and smooth-edged, on a calm background.
 
 A scene: a low-contrast background, one to three groups of 2-4 touching look-alike bodies (same
 texture, colours within a dozen RGB levels, in half the groups each drawn with a slightly darker
-outline, later ones in front), and sometimes one free-standing object. Any body may carry a part of a clearly
-different colour on its rim; the part belongs to the body's instance. Everything derives from
-`np.random.default_rng(seed)`, like `scenes.generate_scene`, whose output format this shares.
+outline, later ones in front), and sometimes one free-standing object. Any body may carry a part
+of a clearly different colour on its rim; the part belongs to the body's instance. Everything
+derives from `np.random.default_rng(seed)`, like `scenes.generate_scene`, whose output format
+this shares.
 """
 
 from __future__ import annotations

@@ -218,7 +218,12 @@ def generate_scene(seed: int | Sequence[int], size: int = 256, max_objects: int 
     return painting.finish_scene(*drawn, MIN_VISIBLE_FRACTION, (0.25, 0.18), rng)
 
 
-SCENE_FAMILIES = ("shapes", "clusters")
+# Scene family -> (generator, name prefix of its scenes).
+_FAMILIES = {
+    "shapes": (generate_scene, "scene"),
+    "clusters": (cluster_scenes.generate_cluster_scene, "clusters"),
+}
+SCENE_FAMILIES = tuple(_FAMILIES)
 
 
 class SceneDataset:
@@ -251,14 +256,9 @@ class SceneDataset:
         index = int(index)
         if not 0 <= index < self.num_scenes:
             raise IndexError(f"scene {index} out of range [0, {self.num_scenes})")
-        if self.family == "clusters":
-            scene = cluster_scenes.generate_cluster_scene(
-                (self.seed, index), self.size, self.max_objects
-            )
-            scene["name"] = f"clusters_{self.seed}_{index:06d}"
-        else:
-            scene = generate_scene((self.seed, index), self.size, self.max_objects)
-            scene["name"] = f"scene_{self.seed}_{index:06d}"
+        generate, prefix = _FAMILIES[self.family]
+        scene = generate((self.seed, index), self.size, self.max_objects)
+        scene["name"] = f"{prefix}_{self.seed}_{index:06d}"
         return scene
 
 
