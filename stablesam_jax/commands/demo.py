@@ -60,8 +60,8 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
     parser.add_argument(
         "--scene-family",
         choices=tuple(SCENE_MAX_OBJECTS),
-        help="the scenes every demo set is drawn from (default shapes; give --sam-weights "
-        "pretrained on the same family)",
+        help="the scenes every demo set is drawn from (default clusters, the family the packaged "
+        "SAM was pretrained on; for shapes give --sam-weights pretrained on shapes)",
     )
     parser.add_argument("--occlusion-prob", type=float)
     parser.add_argument("--seed", type=int, help="training and prompt seed")
@@ -76,7 +76,7 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         "--study",
         action="store_true",
         help="instead: DT-SAM, PT-SAM, DSP without and with RTS and Stable-SAM against SAM, on "
-        "the held-out scenes and on a cluttered scene family no training saw",
+        "the held-out scenes and on the other scene family, which no training saw",
     )
     parser.add_argument(
         "--low-shot",

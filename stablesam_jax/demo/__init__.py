@@ -21,8 +21,8 @@ DIR/work holds the run's scratch files (SAM as an Orbax checkpoint, the trainer'
 the trained plugins in DIR/work/train/export/plugins); it is replaced on every run.
 
 Two further runs share its SAM, settings and trainer: `--study` (`study.run_study`: DT-SAM,
-PT-SAM, DSP without and with RTS and Stable-SAM against SAM, on the held-out scenes and on a
-cluttered scene family no training saw; the paper's Tables 2, 5 and 11 at demo scale) and
+PT-SAM, DSP without and with RTS and Stable-SAM against SAM, on the held-out scenes and on the
+other scene family, which no training saw; the paper's Tables 2, 5 and 11 at demo scale) and
 `--low-shot` (`low_shot.run_low_shot`: PT-SAM, HQ-SAM and Stable-SAM on 220 and 440 scenes for 12
 epochs; Table 7).
 

@@ -1,5 +1,6 @@
 """The demo's figures from its models: masks, DSP sampling points and DRP weights on the first
-evaluation images and prompts (`make_figures`), drawn with `demo.figures`."""
+evaluation images and prompts (`make_figures`), drawn with `demo.figures`; and the paired
+offset-field comparison on the same images (`paired_offsets`)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from ..data.pipeline import make_eval_source
 from ..data.prompts import eval_prompts, image_seed
 from ..data.scenes import SceneDataset
 from ..evaluation import PROMPT_TYPE_TITLES, PromptBatch, SamEvalPredictor, max_points_for
+from ..evaluation.diagnostics import mean_field_distance
 from ..utils.transforms import ResizeLongestSide
 from . import figures
 from .settings import FIGURE_FILES, DemoSettings
 
 # The prompt types whose masks differ most between SAM and Stable-SAM, and their row titles.
 SLOPPY_TITLES = {"noisy_box": "noisy box", "one_point": "1 point"}
+# The paired offset comparison: its images (the first evaluation images) and prompts per type.
+PAIRED_IMAGES = 10
+PAIRED_PROMPTS = 2
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -48,14 +53,11 @@ class FigureModel:
         self.transform = ResizeLongestSide(model.img_size)
         self.graphdef, self.state = nnx.split(model)
 
-    def run(self, features, input_size, original_size, prompts: list[dict]):
-        """-> masks bool [P, H, W], attention [P, g*g] (output token, mean over heads),
-        positions [P, g*g, 2] (y, x) in original-image pixels of the features it attends to,
-        origins [g*g, 2] the cells' own positions (equal to positions without DSP)."""
+    def _decode(self, features, original_size, prompts: list[dict]):
         batch = PromptBatch.from_prompts(prompts, self.max_points)
         coords = self.transform.apply_coords(batch.point_coords, original_size).astype(np.float32)
         boxes = self.transform.apply_boxes(batch.boxes, original_size).astype(np.float32)
-        low_res, inter = _decode_with_intermediates(
+        return _decode_with_intermediates(
             self.graphdef,
             self.state,
             features,
@@ -64,6 +66,20 @@ class FigureModel:
             jnp.asarray(boxes),
             jnp.asarray(batch.box_valid),
         )
+
+    def offset_fields(self, features, original_size, prompts: list[dict]) -> np.ndarray:
+        """-> the DSP's offsets [P, g, g, 2] (dy, dx) in cells from each cell, one per prompt."""
+        _, inter = self._decode(features, original_size, prompts)
+        positions = np.asarray(inter["layer1/dsp_positions"])[: len(prompts)]  # [P, g, g, 2]
+        grid = positions.shape[1]
+        ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+        return positions - np.stack([ys, xs], -1)
+
+    def run(self, features, input_size, original_size, prompts: list[dict]):
+        """-> masks bool [P, H, W], attention [P, g*g] (output token, mean over heads),
+        positions [P, g*g, 2] (y, x) in original-image pixels of the features it attends to,
+        origins [g*g, 2] the cells' own positions (equal to positions without DSP)."""
+        low_res, inter = self._decode(features, original_size, prompts)
         logits = self.model.postprocess_masks(low_res, input_size, original_size)
         masks = np.asarray(logits > self.model.mask_threshold)
         attention = np.asarray(inter["layer1/token_to_image_attn"])[:, :, 1, :].mean(axis=1)
@@ -182,3 +198,51 @@ def make_figures(
             image.save(out_dir / FIGURE_FILES[kind])
             paths[kind] = str(out_dir / FIGURE_FILES[kind])
     return paths
+
+
+def paired_offsets(
+    sam, stable_sam, settings: DemoSettings, num_images: int = PAIRED_IMAGES
+) -> dict:
+    """Whether the DSP's offsets follow the prompt: on the first `num_images` evaluation images,
+    the mean distance in cells (`mean_field_distance`) between the offset fields of a noisy box
+    and a click on the same image, of two noisy boxes on the same image, and of noisy boxes on
+    two images (each image and the next). A field that depends on the image alone gives
+    noisy-vs-click about equal to two noisy boxes; {} without DSP or without both prompt types."""
+    types = ("noisy_box", "one_point")
+    if not stable_sam.plugin_config.dsp_layers or not set(types) <= set(settings.prompt_types):
+        return {}
+    scenes = SceneDataset(settings.eval_scenes, seed=settings.eval_seed, **settings.scene_options())
+    source = make_eval_source(scenes)
+    max_points = max_points_for(settings.prompt_types)
+    model = FigureModel(stable_sam, max_points)
+    encoder = SamEvalPredictor(sam, max_points=max_points)
+    fields = []  # per image: {prompt type: [PAIRED_PROMPTS, g, g, 2]}
+    for index in range(min(num_images, len(source))):
+        image, gt, name = source[index]
+        embedding = encoder.embed([image])[0]
+        features = embedding.features[embedding.index : embedding.index + 1]
+        seed = image_seed(name, settings.seed)
+        fields.append(
+            {
+                t: model.offset_fields(
+                    features,
+                    embedding.original_size,
+                    eval_prompts(gt, t, num=PAIRED_PROMPTS, seed=seed),
+                )
+                for t in types
+            }
+        )
+    noisy = np.stack([f["noisy_box"][0] for f in fields])  # [I, g, g, 2]
+    return {
+        "images": len(fields),
+        "offset_abs": float(np.linalg.norm(noisy, axis=-1).mean()),
+        "noisy_box_vs_one_point": mean_field_distance(
+            noisy, np.stack([f["one_point"][0] for f in fields])
+        ),
+        "noisy_box_vs_noisy_box": mean_field_distance(
+            noisy, np.stack([f["noisy_box"][1] for f in fields])
+        ),
+        "noisy_box_across_images": (
+            mean_field_distance(noisy, np.roll(noisy, -1, axis=0)) if len(fields) > 1 else None
+        ),
+    }

@@ -15,7 +15,7 @@ import jax
 from .. import evaluation, pretrained, training
 from ..builder import build_sam, save_sam
 from ..utils.io import atomic_write
-from .figure_model import make_figures
+from .figure_model import make_figures, paired_offsets
 from .settings import FULL, RESULT_KEYS, TRAIN_SCENE_SEED, DemoSettings
 
 
@@ -173,6 +173,9 @@ def run(
     table = evaluation.format_table(report)
     atomic_write(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write(out_dir / "results.md", table)
+    tick = time.perf_counter()
+    paired = paired_offsets(sam, stable_sam, settings)
+    timings["paired_offsets"] = time.perf_counter() - tick
 
     # 4. Figures.
     tick = time.perf_counter()
@@ -194,6 +197,7 @@ def run(
         "drp_a1": drp_a1,
         # Attention on the target and the DSP's offset statistics (docs/design.md, Diagnostics).
         "diagnostics": report.get("diagnostics", {}).get(evaluation.POOLED, {}),
+        "paired_offsets": paired,
         "num_eval_images": pooled["SAM"][settings.prompt_types[0]]["num_images"],
         "figures": figure_paths,
         "timings_seconds": timings,
@@ -203,11 +207,23 @@ def run(
     atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=1, default=str) + "\n")
     _say("")
     _say(table)
-    _say(_summary(results, timings))
+    _say(_summary(results, paired, timings))
     return info
 
 
-def _summary(results: dict, timings: dict) -> str:
+def _paired_line(paired: dict) -> str:
+    """The paired offset comparison (`paired_offsets`) in one line."""
+    across = paired["noisy_box_across_images"]
+    return (
+        f"DSP offset fields on {paired['images']} images (mean |offset| "
+        f"{paired['offset_abs']:.2f} cells), mean distance in cells: noisy box vs one point, same "
+        f"image {paired['noisy_box_vs_one_point']:.2f}; two noisy boxes, same image "
+        f"{paired['noisy_box_vs_noisy_box']:.2f}; noisy boxes of two images "
+        + ("-" if across is None else f"{across:.2f}")
+    )
+
+
+def _summary(results: dict, paired: dict, timings: dict) -> str:
     lines = ["Stable-SAM minus SAM (mIoU / mBIoU / mSF points):"]
     for prompt_type in results["sam"]:
         deltas = [
@@ -215,6 +231,8 @@ def _summary(results: dict, timings: dict) -> str:
             for m in ("miou", "mbiou", "msf")
         ]
         lines.append(f"  {prompt_type:13s} " + " / ".join(f"{d:+.1f}" for d in deltas))
+    if paired:
+        lines.append(_paired_line(paired))
     lines.append(
         "time: " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.items())
     )

@@ -33,7 +33,7 @@ class DemoSettings:
     padding: str = "zeros"
     # The scene family of every set the demo trains and evaluates on (not the study's generality
     # family); the SAM it loads should have been pretrained on the same family.
-    scene_family: str = "shapes"
+    scene_family: str = "clusters"
     # RTS prompt mixture over prompts.RTS_KINDS (the paper: all kinds; weights are ours).
     mixture: tuple[tuple[str, float], ...] = (
         ("gt_box", 1.0),

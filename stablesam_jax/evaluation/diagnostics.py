@@ -29,6 +29,9 @@ model without plugins, the block where Stable-SAM puts its DSP):
     the DSP samples features. With DRP, key j also carries a2 of the cell's own feature; that share
     is `attn_target_grid`: the same weights with m at the cells themselves (equal to attn_target
     without DSP).
+  * `attn_target_routed`: (a1 attn_target + a2 attn_target_grid) / (a1 + a2), each key's
+    attention split between its sampled and its own cell's feature as DRP mixes them; what
+    actually reaches the output token from the target. attn_target without DRP.
   * `target_area`: mean_c m(c), what uniform attention would score.
 
 Per-example math is in small pure functions, `vmap`-ed over the prompts of a decode call.
@@ -51,7 +54,7 @@ SATURATION_RATIO = 0.9
 OUTPUT_TOKEN = 1  # the single-mask output token (mask token 0, after the IoU token)
 DEFAULT_LAYER = 1  # the two-way block Stable-SAM's DSP sits in by default
 # Per-image scalars (the mean over the image's prompts), kept like the metrics.
-ATTENTION_KEYS = ("attn_target", "attn_target_grid", "target_area")
+ATTENTION_KEYS = ("attn_target", "attn_target_grid", "attn_target_routed", "target_area")
 OFFSET_KEYS = ("offset_abs", "offset_std", "offset_saturated")
 SCALAR_KEYS = ATTENTION_KEYS + OFFSET_KEYS
 SUMS_KEY = "offset_sums"  # an `OffsetSums` per image, summed over images
@@ -117,6 +120,11 @@ def offset_stats(offsets: jax.Array, offset_scale: float) -> dict[str, jax.Array
     }
 
 
+def mean_field_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Two stacks of offset fields [..., H, W, 2] -> the mean over every cell of |a - b|, cells."""
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1).mean())
+
+
 def sample_grid(values: jax.Array, positions: jax.Array) -> jax.Array:
     """A map [H, W] sampled at (y, x) cell positions [N, 2] -> [N]: bilinear, zero outside the
     map, as the DSP samples features."""
@@ -134,22 +142,34 @@ def attention_on_target(
     return jnp.sum(weights * sample_grid(grid_mask, positions))
 
 
+def routed_attention(sampled: jax.Array, grid: jax.Array, alpha: jax.Array | None) -> jax.Array:
+    """Attention on target of the sampled and the cells' features (scalars), DRP's alpha [2]
+    (a1 sampled, a2 own cell) or None -> the share that reaches the token from the target."""
+    if alpha is None:
+        return sampled
+    a1, a2 = alpha[0], alpha[1]
+    return (a1 * sampled + a2 * grid) / (a1 + a2)
+
+
 def example_diagnostics(
     attention: jax.Array,
     positions: jax.Array | None,
     grid_mask: jax.Array,
     offset_scale: float | None,
+    alpha: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """One example: attention [heads, Nt, H*W], DSP positions [H, W, 2] or None (no DSP),
-    grid_mask [H, W] -> the per-example scalars (offset ones only with DSP)."""
+    grid_mask [H, W], DRP's alpha [2] or None -> the per-example scalars (offset ones only with
+    DSP)."""
     h, w = grid_mask.shape
     cells = ops.reference_grid(h, w).reshape(h * w, 2)
     on_grid = attention_on_target(attention, cells, grid_mask)
     out = {"attn_target_grid": on_grid, "target_area": grid_mask.mean()}
     if positions is None:
-        out["attn_target"] = on_grid
+        out["attn_target"] = out["attn_target_routed"] = on_grid
         return out
     out["attn_target"] = attention_on_target(attention, positions.reshape(h * w, 2), grid_mask)
+    out["attn_target_routed"] = routed_attention(out["attn_target"], on_grid, alpha)
     out.update(offset_stats(offset_field(positions), float(offset_scale or 1.0)))
     return out
 
@@ -182,13 +202,19 @@ def decode_diagnostics(
     "sums": `offset_sums` or absent without DSP}."""
     attention = intermediates[f"layer{layer}/token_to_image_attn"]  # [B, heads, Nt, H*W]
     positions = intermediates.get(f"layer{layer}/dsp_positions")  # [B, H, W, 2] | None
+    alpha = intermediates.get(f"layer{layer}/drp_alpha")  # [B, 2] | None
     grid_mask = grid_mask.astype(jnp.float32)
     if positions is None:
         per_example = jax.vmap(lambda a: example_diagnostics(a, None, grid_mask, None))(attention)
         return {"per_example": per_example}
-    per_example = jax.vmap(lambda a, p: example_diagnostics(a, p, grid_mask, offset_scale))(
-        attention, positions
-    )
+    if alpha is None:
+        per_example = jax.vmap(lambda a, p: example_diagnostics(a, p, grid_mask, offset_scale))(
+            attention, positions
+        )
+    else:
+        per_example = jax.vmap(
+            lambda a, p, r: example_diagnostics(a, p, grid_mask, offset_scale, r)
+        )(attention, positions, alpha)
     valid = jnp.arange(positions.shape[0]) < count
     offsets = jax.vmap(offset_field)(positions)
     return {"per_example": per_example, "sums": offset_sums(offsets, valid)}

@@ -59,10 +59,13 @@ def _number(value, digits: int) -> str:
 
 
 DIAGNOSTICS_LEGEND = (
-    "Each cell: attention on target / uniform-attention baseline (target area) / offset "
-    "spatial std (cells) / shared-field fraction / mean DRP a1; '-' where the model has none "
-    '(docs/design.md, "Diagnostics").'
+    "Each cell: attention on target at the sampled positions / routed (DRP's a1 : a2 mix of "
+    "sampled and own-cell features) / uniform-attention baseline (target area) ; mean |offset| "
+    "(cells) / offset spatial std (cells) / shared-field fraction / mean DRP a1; '-' where the "
+    'model has none (docs/design.md, "Diagnostics").'
 )
+_ATTENTION_PARTS = (("attn_target", 3), ("attn_target_routed", 3), ("target_area", 3))
+_OFFSET_PARTS = (("offset_abs", 2), ("offset_std", 2), ("shared_fraction", 3))
 
 
 def _diagnostics_table(diagnosed: Mapping, results: Mapping, prompt_types) -> list[str]:
@@ -73,9 +76,9 @@ def _diagnostics_table(diagnosed: Mapping, results: Mapping, prompt_types) -> li
         cells = [model]
         for t in prompt_types:
             d, a1 = by_type.get(t, {}), results.get(model, {}).get(t, {}).get("drp_a1")
-            parts = [_number(d.get("attn_target"), 3), _number(d.get("target_area"), 3)]
-            parts += [_number(d.get("offset_std"), 2), _number(d.get("shared_fraction"), 3)]
-            cells.append(" / ".join(parts + [_number(a1, 3)]))
+            attention = [_number(d.get(key), digits) for key, digits in _ATTENTION_PARTS]
+            offsets = [_number(d.get(key), digits) for key, digits in _OFFSET_PARTS]
+            cells.append(" / ".join(attention) + " ; " + " / ".join(offsets + [_number(a1, 3)]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

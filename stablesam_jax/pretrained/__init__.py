@@ -24,7 +24,8 @@ DEMO_MODEL_TYPE = "vit_demo"
 DEMO_SAM_FILE = Path(__file__).with_name("vit_demo_sam.npz")
 META_KEY = "__meta__"
 PRETRAIN_COMMAND = (
-    "python -m stablesam_jax.train --config train/configs/demo_pretrain.py --workdir WORKDIR && "
+    "python -m stablesam_jax.train --config train/configs/demo_pretrain.py:clusters "
+    "--workdir WORKDIR && "
     "python -m stablesam_jax.commands.export_pretrained --checkpoint WORKDIR/export/sam "
     "--out stablesam_jax/pretrained/vit_demo_sam.npz"
 )
@@ -134,7 +135,9 @@ def _training_summary(workdir: str) -> dict:
         info["train_config"] = {
             key: config.get(key) for key in ("model_type", "trainable", "batch_size", "seed")
         }
-        info["train_config"]["num_scenes"] = config.get("data", {}).get("num_scenes")
+        data = config.get("data", {})
+        info["train_config"]["num_scenes"] = data.get("num_scenes")
+        info["train_config"]["scene_family"] = data.get("scene_family", "shapes")
     metrics_path = os.path.join(workdir, "train_metrics.jsonl")
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:

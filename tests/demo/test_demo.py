@@ -201,3 +201,27 @@ def test_quick_demo_prints_the_table_and_writes_it(quick_demo):
     info = json.loads((out / "demo_info.json").read_text())
     assert set(info["drp_a1"]) == set(PROMPT_TYPES)
     assert Path(info["train"]["plugins"]).is_dir()
+
+
+def test_quick_demo_reports_the_dsp_diagnostics(quick_demo):
+    out, stdout = quick_demo
+    assert "Diagnostics of the DSP block" in stdout and "DSP offset fields on 2 images" in stdout
+    info = json.loads((out / "demo_info.json").read_text())
+    diagnostics = info["diagnostics"]
+    assert set(diagnostics) == {"SAM", "Stable-SAM"}
+    attention_keys = {"attn_target", "attn_target_grid", "attn_target_routed", "target_area"}
+    offset_keys = {"offset_abs", "offset_std", "offset_saturated", "shared_fraction"}
+    for model, by_type in diagnostics.items():
+        assert set(by_type) == set(PROMPT_TYPES)
+        for values in by_type.values():
+            expected = attention_keys | (offset_keys if model == "Stable-SAM" else set())
+            assert expected <= set(values), (model, sorted(values))
+            for key in attention_keys:
+                assert 0.0 <= values[key] <= 1.0, (model, key, values[key])
+            if model == "SAM":
+                assert values["attn_target"] == values["attn_target_grid"]
+    paired = info["paired_offsets"]
+    assert paired["images"] == 2
+    for key in ("offset_abs", "noisy_box_vs_one_point", "noisy_box_vs_noisy_box"):
+        assert math.isfinite(paired[key]) and paired[key] >= 0.0
+    assert paired["noisy_box_across_images"] is not None

@@ -3,10 +3,13 @@ its generality summary."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from stablesam_jax import training
 from stablesam_jax.commands import demo as demo_command
+from stablesam_jax.data.scenes import SCENE_FAMILIES
 from stablesam_jax.demo import recipes, study
 from stablesam_jax.demo.pipeline import train_config
 from stablesam_jax.demo.settings import EVAL_SCENE_SEED, FULL, TRAIN_SCENE_SEED
@@ -42,13 +45,16 @@ def test_stable_sam_row_is_the_main_demos_recipe(tmp_path):
     assert row.to_dict() == train_config(FULL, str(tmp_path)).to_dict()
 
 
-def test_generality_family_is_new_scenes_with_more_objects():
-    specs = study.datasets(FULL, 50)
-    held_out, cluttered = specs["held-out"], specs["cluttered"]
+@pytest.mark.parametrize("family", ["clusters", "shapes"])
+def test_generality_set_is_the_other_family_on_new_scenes(family):
+    settings = dataclasses.replace(FULL, scene_family=family)
+    specs = study.datasets(settings, 50)
+    held_out, generality = specs["held-out"], specs["generality"]
     assert held_out.seed == EVAL_SCENE_SEED and held_out.num == FULL.eval_scenes
+    assert held_out.family == family and generality.family != family
+    assert generality.family in SCENE_FAMILIES
     # Pretraining uses scene seeds 1 and 5, plugin training 2, evaluation 3, selection 4.
-    assert cluttered.seed not in (1, 2, 3, 4, 5) and cluttered.num == 50
-    assert cluttered.max_objects == 2 * held_out.max_objects
+    assert generality.seed not in (1, 2, 3, 4, 5) and generality.num == 50
 
 
 def test_generality_lines_subtract_sams_miou_on_each_family():

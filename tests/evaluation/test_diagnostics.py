@@ -152,8 +152,9 @@ def test_the_mask_is_sampled_bilinearly_with_zeros_outside():
 def test_example_diagnostics_without_dsp_use_the_cells():
     mask = column_mask()
     out = dg.example_diagnostics(uniform_attention(), None, mask, None)
-    assert set(out) == {"attn_target", "attn_target_grid", "target_area"}
+    assert set(out) == {"attn_target", "attn_target_grid", "attn_target_routed", "target_area"}
     assert float(out["attn_target"]) == float(out["attn_target_grid"]) == pytest.approx(0.25)
+    assert float(out["attn_target_routed"]) == pytest.approx(0.25)
     assert float(out["target_area"]) == pytest.approx(0.25)
 
 
@@ -169,6 +170,25 @@ def test_decode_diagnostics_over_a_padded_batch():
     # Offsets 3, 2, 1, 0 cells in x per column: mean |d| 1.5, 0.9 * 4 = 3.6 reached by none.
     np.testing.assert_allclose(out["per_example"]["offset_abs"], [1.5] * 3, rtol=1e-6)
     assert int(out["sums"]["count"]) == 2
+    # Without DRP every key is its sampled feature.
+    np.testing.assert_allclose(out["per_example"]["attn_target_routed"], [1.0] * 3, rtol=1e-6)
+
+
+def test_routed_attention_splits_each_key_as_drp_mixes_its_features():
+    positions = cell_positions(lambda x: 3.0 - x).reshape(GRID, GRID, 2)  # all onto the column
+    alpha = jnp.asarray([[0.2, 0.6], [1.0, 0.0], [0.0, 0.5]])  # a1 + a2 need not be 1 (scale s)
+    intermediates = {
+        "layer1/token_to_image_attn": jnp.stack([uniform_attention()] * 3),
+        "layer1/dsp_positions": jnp.stack([positions] * 3),
+        "layer1/drp_alpha": alpha,
+    }
+    out = dg.decode_diagnostics(intermediates, column_mask(), 3, layer=1, offset_scale=4.0)
+    # sampled 1.0 (every key samples the target column), own cells 0.25 (one column of four):
+    # (0.2 * 1 + 0.6 * 0.25) / 0.8; all sampled; all own cells.
+    np.testing.assert_allclose(
+        out["per_example"]["attn_target_routed"], [0.4375, 1.0, 0.25], rtol=1e-6
+    )
+    np.testing.assert_allclose(out["per_example"]["attn_target"], [1.0] * 3, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,5 +282,15 @@ def test_the_loop_reads_the_output_token_of_the_dsp_block_and_identity_plugins_c
     assert math.isnan(ours["shared_fraction"])
     section = evaluation.format_table(report).split("Diagnostics of the DSP block")[1]
     rows = [line for line in section.splitlines() if line.startswith("| Stable-SAM |")]
-    # attention / area / offset std 0.00 / shared fraction undefined / a1 of the fresh DRP
-    assert len(rows) == 1 and rows[0].count(" / ") == 4 and " / 0.00 / - / " in rows[0]
+    # attention sampled / routed / area ; |offset| 0.00 / std 0.00 / shared fraction undefined /
+    # a1 of the fresh DRP
+    assert len(rows) == 1 and rows[0].count(" / ") == 5 and rows[0].count(" ; ") == 1
+    assert " ; 0.00 / 0.00 / - / " in rows[0]
+
+
+def test_mean_field_distance_averages_the_norm_over_every_cell():
+    a = np.zeros((2, 1, 2, 2))
+    b = a.copy()
+    b[0, 0, 0] = (3.0, 4.0)  # one cell of four 5 cells apart
+    assert dg.mean_field_distance(a, b) == pytest.approx(1.25)
+    assert dg.mean_field_distance(b, b) == 0.0
