@@ -16,7 +16,7 @@ from ..data.pipeline import make_eval_source
 from ..data.prompts import eval_prompts, image_seed
 from ..data.scenes import SceneDataset
 from ..evaluation import PROMPT_TYPE_TITLES, PromptBatch, SamEvalPredictor, max_points_for
-from ..evaluation.diagnostics import mean_field_distance
+from ..evaluation.diagnostics import dsp_block, mean_field_distance
 from ..utils.transforms import ResizeLongestSide
 from . import figures
 from .settings import FIGURE_FILES, DemoSettings
@@ -67,10 +67,11 @@ class FigureModel:
             jnp.asarray(batch.box_valid),
         )
 
-    def offset_fields(self, features, original_size, prompts: list[dict]) -> np.ndarray:
-        """-> the DSP's offsets [P, g, g, 2] (dy, dx) in cells from each cell, one per prompt."""
+    def offset_fields(self, features, original_size, prompts: list[dict], layer: int) -> np.ndarray:
+        """-> the offsets [P, g, g, 2] (dy, dx) in cells from each cell of the DSP in two-way
+        block `layer`, one field per prompt."""
         _, inter = self._decode(features, original_size, prompts)
-        positions = np.asarray(inter["layer1/dsp_positions"])[: len(prompts)]  # [P, g, g, 2]
+        positions = np.asarray(inter[f"layer{layer}/dsp_positions"])[: len(prompts)]
         grid = positions.shape[1]
         ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
         return positions - np.stack([ys, xs], -1)
@@ -214,7 +215,7 @@ def paired_offsets(
     scenes = SceneDataset(settings.eval_scenes, seed=settings.eval_seed, **settings.scene_options())
     source = make_eval_source(scenes)
     max_points = max_points_for(settings.prompt_types)
-    model = FigureModel(stable_sam, max_points)
+    model, layer = FigureModel(stable_sam, max_points), dsp_block(stable_sam.plugin_config)[0]
     encoder = SamEvalPredictor(sam, max_points=max_points)
     fields = []  # per image: {prompt type: [PAIRED_PROMPTS, g, g, 2]}
     for index in range(min(num_images, len(source))):
@@ -228,6 +229,7 @@ def paired_offsets(
                     features,
                     embedding.original_size,
                     eval_prompts(gt, t, num=PAIRED_PROMPTS, seed=seed),
+                    layer,
                 )
                 for t in types
             }

@@ -17,7 +17,7 @@ From random weights the model first predicts empty masks for several hundred ste
 
 The default variant (no argument, "stage1") pretrains the same way on the simpler "shapes" family
 (2,400 steps, about 35 CPU-minutes, final train IoU about 0.46); the package shipped it until
-2026-12-01. An optional stage 2 continues from its export on new scenes (1,600 steps, lower rate):
+2026-12-02. An optional stage 2 continues from its export on new scenes (1,600 steps, lower rate):
   python -m stablesam_jax.train --config train/configs/demo_pretrain.py:stage2 \
       --config.init_checkpoint=/tmp/pre1/export/sam --workdir /tmp/pre2
 It makes a better box model and a worse one-click model. Measured with the demo on the selection
