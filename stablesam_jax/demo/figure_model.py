@@ -16,7 +16,7 @@ from ..data.pipeline import make_eval_source
 from ..data.prompts import eval_prompts, image_seed
 from ..data.scenes import SceneDataset
 from ..evaluation import PROMPT_TYPE_TITLES, PromptBatch, SamEvalPredictor, max_points_for
-from ..evaluation.diagnostics import dsp_block, mean_field_distance
+from ..evaluation.diagnostics import dsp_block, mean_field_distance, offset_field
 from ..utils.transforms import ResizeLongestSide
 from . import figures
 from .settings import FIGURE_FILES, DemoSettings
@@ -71,10 +71,8 @@ class FigureModel:
         """-> the offsets [P, g, g, 2] (dy, dx) in cells from each cell of the DSP in two-way
         block `layer`, one field per prompt."""
         _, inter = self._decode(features, original_size, prompts)
-        positions = np.asarray(inter[f"layer{layer}/dsp_positions"])[: len(prompts)]
-        grid = positions.shape[1]
-        ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
-        return positions - np.stack([ys, xs], -1)
+        positions = inter[f"layer{layer}/dsp_positions"][: len(prompts)]  # [P, g, g, 2]
+        return np.asarray(jax.vmap(offset_field)(positions))
 
     def run(self, features, input_size, original_size, prompts: list[dict]):
         """-> masks bool [P, H, W], attention [P, g*g] (output token, mean over heads),

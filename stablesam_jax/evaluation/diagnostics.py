@@ -207,14 +207,10 @@ def decode_diagnostics(
     if positions is None:
         per_example = jax.vmap(lambda a: example_diagnostics(a, None, grid_mask, None))(attention)
         return {"per_example": per_example}
-    if alpha is None:
-        per_example = jax.vmap(lambda a, p: example_diagnostics(a, p, grid_mask, offset_scale))(
-            attention, positions
-        )
-    else:
-        per_example = jax.vmap(
-            lambda a, p, r: example_diagnostics(a, p, grid_mask, offset_scale, r)
-        )(attention, positions, alpha)
+    # alpha None (no DRP) is an empty pytree to vmap: every example gets None.
+    per_example = jax.vmap(lambda a, p, r: example_diagnostics(a, p, grid_mask, offset_scale, r))(
+        attention, positions, alpha
+    )
     valid = jnp.arange(positions.shape[0]) < count
     offsets = jax.vmap(offset_field)(positions)
     return {"per_example": per_example, "sums": offset_sums(offsets, valid)}
