@@ -4,6 +4,7 @@
     python -m stablesam_jax.demo --out DIR --quick    # a 1-2 minute smoke run (CI)
     python -m stablesam_jax.demo --study --out DIR    # paper Tables 2 and 5 + generality
     python -m stablesam_jax.demo --low-shot --out DIR # paper Table 7 at demo scale
+    python -m stablesam_jax.demo --oracle --out DIR   # the DSP's ceiling on the demo SAM
 
 What it does and writes: `stablesam_jax.demo`. Settings start from `demo.settings.FULL` (or
 `QUICK`); each flag given overrides one field.
@@ -84,10 +85,16 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         help="instead: PT-SAM, HQ-SAM and Stable-SAM trained on 220 and 440 scenes for 12 "
         "epochs, with SAM (paper Table 7); --quick: 8 scenes, 2 epochs",
     )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="instead: no training; the frozen SAM with its DSP's samples placed by the ground "
+        "truth (toward / onto the target, a random control), what any offset field could gain",
+    )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    if args.study and args.low_shot:
-        parser.error("--study and --low-shot are two runs: give one of them")
+    if args.study + args.low_shot + args.oracle > 1:
+        parser.error("--study, --low-shot and --oracle are separate runs: give one of them")
 
     settings = QUICK if args.quick else FULL
     overrides = {
@@ -170,6 +177,11 @@ def main(argv: list[str]) -> int:
 
         counts, epochs = ((8,), 2) if args.quick else (SCENE_COUNTS, EPOCHS)
         run_low_shot(args.out, settings, args.sam_weights, counts, epochs)
+        return 0
+    if args.oracle:
+        from ..demo.oracle import run_oracle
+
+        run_oracle(args.out, settings, args.sam_weights)
         return 0
     from ..demo.pipeline import run
 

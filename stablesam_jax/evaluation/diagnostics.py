@@ -33,6 +33,10 @@ model without plugins, the block where Stable-SAM puts its DSP):
     attention split between its sampled and its own cell's feature as DRP mixes them; what
     actually reaches the output token from the target. attn_target without DRP.
   * `target_area`: mean_c m(c), what uniform attention would score.
+  * `value_shared`: |mean_j v_j|^2 / mean_j |v_j|^2 of the attention's values v at the cells (as
+    SAM reads them, bias included): the share that is the same everywhere. Near 1, the token
+    gets nearly the same update wherever it attends, and moving samples (the DSP) has little
+    to change.
 
 Per-example math is in small pure functions, `vmap`-ed over the prompts of a decode call.
 """
@@ -55,8 +59,9 @@ OUTPUT_TOKEN = 1  # the single-mask output token (mask token 0, after the IoU to
 DEFAULT_LAYER = 1  # the two-way block Stable-SAM's DSP sits in by default
 # Per-image scalars (the mean over the image's prompts), kept like the metrics.
 ATTENTION_KEYS = ("attn_target", "attn_target_grid", "attn_target_routed", "target_area")
+VALUE_KEYS = ("value_shared",)
 OFFSET_KEYS = ("offset_abs", "offset_std", "offset_saturated")
-SCALAR_KEYS = ATTENTION_KEYS + OFFSET_KEYS
+SCALAR_KEYS = ATTENTION_KEYS + VALUE_KEYS + OFFSET_KEYS
 SUMS_KEY = "offset_sums"  # an `OffsetSums` per image, summed over images
 
 
@@ -151,20 +156,32 @@ def routed_attention(sampled: jax.Array, grid: jax.Array, alpha: jax.Array | Non
     return (a1 * sampled + a2 * grid) / (a1 + a2)
 
 
+def value_shared_fraction(values: jax.Array) -> jax.Array:
+    """values [H*W, D] of one example's attention -> |mean_j v_j|^2 / mean_j |v_j|^2: the share of
+    the values that is the same at every position (1: the token receives the same update
+    wherever it attends, so moving the samples changes nothing)."""
+    values = values.astype(jnp.float32)
+    common = jnp.sum(jnp.square(values.mean(axis=0)))
+    return common / jnp.mean(jnp.sum(jnp.square(values), axis=-1))
+
+
 def example_diagnostics(
     attention: jax.Array,
     positions: jax.Array | None,
     grid_mask: jax.Array,
     offset_scale: float | None,
     alpha: jax.Array | None = None,
+    values: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
     """One example: attention [heads, Nt, H*W], DSP positions [H, W, 2] or None (no DSP),
-    grid_mask [H, W], DRP's alpha [2] or None -> the per-example scalars (offset ones only with
-    DSP)."""
+    grid_mask [H, W], DRP's alpha [2] or None, the attention's values at the cells [H*W, D] or
+    None -> the per-example scalars (offset ones only with DSP, `value_shared` with values)."""
     h, w = grid_mask.shape
     cells = ops.reference_grid(h, w).reshape(h * w, 2)
     on_grid = attention_on_target(attention, cells, grid_mask)
     out = {"attn_target_grid": on_grid, "target_area": grid_mask.mean()}
+    if values is not None:
+        out["value_shared"] = value_shared_fraction(values)
     if positions is None:
         out["attn_target"] = out["attn_target_routed"] = on_grid
         return out
@@ -203,14 +220,14 @@ def decode_diagnostics(
     attention = intermediates[f"layer{layer}/token_to_image_attn"]  # [B, heads, Nt, H*W]
     positions = intermediates.get(f"layer{layer}/dsp_positions")  # [B, H, W, 2] | None
     alpha = intermediates.get(f"layer{layer}/drp_alpha")  # [B, 2] | None
+    values = intermediates.get(f"layer{layer}/token_to_image_values")  # [B, H*W, D] | None
     grid_mask = grid_mask.astype(jnp.float32)
+    # None (no DSP, no DRP, no values) is an empty pytree to vmap: every example gets None.
+    per_example = jax.vmap(
+        lambda a, p, r, v: example_diagnostics(a, p, grid_mask, offset_scale, r, v)
+    )(attention, positions, alpha, values)
     if positions is None:
-        per_example = jax.vmap(lambda a: example_diagnostics(a, None, grid_mask, None))(attention)
         return {"per_example": per_example}
-    # alpha None (no DRP) is an empty pytree to vmap: every example gets None.
-    per_example = jax.vmap(lambda a, p, r: example_diagnostics(a, p, grid_mask, offset_scale, r))(
-        attention, positions, alpha
-    )
     valid = jnp.arange(positions.shape[0]) < count
     offsets = jax.vmap(offset_field)(positions)
     return {"per_example": per_example, "sums": offset_sums(offsets, valid)}

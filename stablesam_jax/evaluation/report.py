@@ -60,11 +60,17 @@ def _number(value, digits: int) -> str:
 
 DIAGNOSTICS_LEGEND = (
     "Each cell: attention on target at the sampled positions / routed (DRP's a1 : a2 mix of "
-    "sampled and own-cell features) / uniform-attention baseline (target area) ; mean |offset| "
+    "sampled and own-cell features) / uniform-attention baseline (target area) / shared "
+    "fraction of the attention's values (1: the same value everywhere) ; mean |offset| "
     "(cells) / offset spatial std (cells) / shared-field fraction / mean DRP a1; '-' where the "
     'model has none (docs/design.md, "Diagnostics").'
 )
-_ATTENTION_PARTS = (("attn_target", 3), ("attn_target_routed", 3), ("target_area", 3))
+_ATTENTION_PARTS = (
+    ("attn_target", 3),
+    ("attn_target_routed", 3),
+    ("target_area", 3),
+    ("value_shared", 3),
+)
 _OFFSET_PARTS = (("offset_abs", 2), ("offset_std", 2), ("shared_fraction", 3))
 
 

@@ -29,6 +29,11 @@ SAMPLE_SOURCES = ("raw", "projected")
 PADDING_MODES = ("zeros", "border")
 
 
+class FixedOffsets(nnx.Variable):
+    """DSP offsets set from outside instead of computed (`evaluation.oracle`, which measures what
+    an ideal field would gain); neither a SAM nor a plugin weight, so never trained or saved."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginConfig:
     """Where the paper is silent these are our choices (docs/design.md, "Stable-SAM as built").
@@ -94,6 +99,8 @@ class DeformableSamplingPlugin(nnx.Module):
             param_type=PluginParam,
             kernel_init=lambda key, shape, dtype=jnp.float32: jnp.zeros(shape, dtype),
         )
+        # [H, W, 2] offsets (cells) that replace the network's for every example, when set.
+        self.fixed_offsets: FixedOffsets | None = nnx.data(None)
 
     def project(self, x_p: jax.Array) -> jax.Array:
         """The offset network's first 1x1 conv: x_p [..., C] -> [..., C]."""
@@ -102,6 +109,9 @@ class DeformableSamplingPlugin(nnx.Module):
     def offsets_of_projected(self, projected: jax.Array) -> jax.Array:
         """The rest of the offset network: `project(x_p)` [B, H, W, C] -> offsets [B, H, W, 2]
         as (dy, dx) cells, float32."""
+        if self.fixed_offsets is not None:
+            field = self.fixed_offsets[...].astype(jnp.float32)
+            return jnp.broadcast_to(field, (projected.shape[0], *field.shape))
         bias = None if self.dwconv.bias is None else self.dwconv.bias[...]
         kernel = self.dwconv.kernel[...].astype(projected.dtype)
         mixed = depthwise_conv_same(projected, kernel, bias)

@@ -183,6 +183,8 @@ class TwoWayAttentionBlock(nnx.Module):
         xs = (projected, k_reg, v_reg, *sources, attn.q_proj(q), alpha)
         out, weights, positions = _over_prompts(one_prompt, xs)
         intermediates["dsp_positions"] = positions
+        if return_weights:
+            intermediates["token_to_image_values"] = _add_bias(v_reg, attn.v_proj)
         if alpha is not None:
             intermediates["drp_alpha"] = alpha
         return out, weights
@@ -216,6 +218,11 @@ class TwoWayAttentionBlock(nnx.Module):
             attn_out, weights = self.cross_attn_token_to_image(
                 q, keys + key_pe, keys, return_weights=True
             )
+            if return_intermediates:
+                # [B, H*W, D]: the values at the cells as SAM reads them; how much they vary
+                # across the map bounds what moving the samples can change (diagnostics).
+                values = self.cross_attn_token_to_image.v_proj(keys)
+                intermediates["token_to_image_values"] = values
         if return_intermediates:
             intermediates["token_to_image_attn"] = weights  # [B, heads, Nt, H*W]
         queries = self.norm2(queries + attn_out)

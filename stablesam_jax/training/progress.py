@@ -102,7 +102,7 @@ class Progress:
         wait = self.window.wait_fraction()
         corrupt = values["num_corrupt_skipped"]
         logger.info(
-            "step %d/%d  loss %.4f (bce %.4f, dice %.4f)  iou %.3f  grad %.3g  "
+            "step %d/%d  loss %.4f (bce %.4f, dice %.4f)  iou %.3f%s  grad %.3g  "
             "%.2f img/s  input wait %.0f%%  ETA %s%s",
             step,
             self.num_steps,
@@ -110,6 +110,7 @@ class Progress:
             values["bce"],
             values["dice"],
             values["train_iou"],
+            f"  a1 {values['drp_a1']:.3f}" if "drp_a1" in values else "",
             values["grad_norm"],
             rate,
             100 * wait,

@@ -133,7 +133,8 @@ def loss_fn(
     settings: LossSettings,
     hq_token_only: bool = False,
 ) -> tuple[jax.Array, dict]:
-    """(loss, {"bce", "dice", "iou_mse", "train_iou"}) of one batch; differentiable in `params`.
+    """(loss, {"bce", "dice", "iou_mse", "train_iou"[, "drp_a1", "drp_a1_std"]}) of one batch;
+    differentiable in `params`.
 
     embeddings: the frozen encoder's output, or None to run the encoder here (inside the gradient).
     key: the loss's point-sampling key (unused with sampling="dense"). hq_token_only: HQ-SAM's
@@ -141,7 +142,7 @@ def loss_fn(
     sam = model.merge(params, frozen)
     if embeddings is None:
         embeddings = encode(sam, batch["image"])
-    low_res, iou_pred, _ = sam.decode_padded(
+    low_res, iou_pred, intermediates = sam.decode_padded(
         embeddings,
         batch["point_coords"],
         batch["point_labels"],
@@ -169,7 +170,23 @@ def loss_fn(
     iou_mse = jnp.mean(jnp.square(iou_pred[:, 0] - true_iou))
     if settings.iou_weight:
         loss = loss + settings.iou_weight * iou_mse
-    return loss, {**parts, "iou_mse": iou_mse, "train_iou": true_iou.mean()}
+    return loss, {
+        **parts,
+        "iou_mse": iou_mse,
+        "train_iou": true_iou.mean(),
+        **routing_metrics(intermediates),
+    }
+
+
+def routing_metrics(intermediates: dict) -> dict:
+    """DRP's weight on the deformed features, a1, of the first DSP block that has a DRP: its batch
+    mean and spread (the paper's claim is that a1 depends on the prompt); {} without a DRP.
+    Logged every step because the routing can collapse within a few dozen steps."""
+    names = sorted(name for name in intermediates if name.endswith("/drp_alpha"))
+    if not names:
+        return {}
+    a1 = jax.lax.stop_gradient(intermediates[names[0]][:, 0])  # [B]
+    return {"drp_a1": a1.mean(), "drp_a1_std": a1.std()}
 
 
 def train_step(

@@ -22,6 +22,18 @@ def bucket(n: int, buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS) -> int:
     return round_up(n, buckets[-1])
 
 
+def bucket_chunks(n: int, buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS) -> list[int]:
+    """n as a sum of bucket sizes, largest first, for calls that pad no rows: 20 -> [16, 4]
+    instead of one call padded to 64 (the smallest bucket is 1, else the rest is one more
+    bucket-padded call)."""
+    sizes = []
+    for size in sorted(buckets, reverse=True):
+        while n >= size:
+            sizes.append(size)
+            n -= size
+    return sizes + ([n] if n else [])
+
+
 def pad_rows(x: np.ndarray | None, rows: int, fill: float | None = None) -> np.ndarray | None:
     """Pads axis 0 to `rows`. `fill=None` repeats the last row: valid inputs whose outputs are
     sliced off, so padding can never produce NaNs or new shapes; a number pads with that value

@@ -209,7 +209,13 @@ def test_quick_demo_reports_the_dsp_diagnostics(quick_demo):
     info = json.loads((out / "demo_info.json").read_text())
     diagnostics = info["diagnostics"]
     assert set(diagnostics) == {"SAM", "Stable-SAM"}
-    attention_keys = {"attn_target", "attn_target_grid", "attn_target_routed", "target_area"}
+    attention_keys = {
+        "attn_target",
+        "attn_target_grid",
+        "attn_target_routed",
+        "target_area",
+        "value_shared",
+    }
     offset_keys = {"offset_abs", "offset_std", "offset_saturated", "shared_fraction"}
     for model, by_type in diagnostics.items():
         assert set(by_type) == set(PROMPT_TYPES)
@@ -220,6 +226,12 @@ def test_quick_demo_reports_the_dsp_diagnostics(quick_demo):
                 assert 0.0 <= values[key] <= 1.0, (model, key, values[key])
             if model == "SAM":
                 assert values["attn_target"] == values["attn_target_grid"]
+    # The DSP block's values at the cells are SAM's in both models (the plugin path computes them
+    # its own way): the same share, whatever the plugins learned.
+    for prompt_type, sam_values in diagnostics["SAM"].items():
+        assert diagnostics["Stable-SAM"][prompt_type]["value_shared"] == pytest.approx(
+            sam_values["value_shared"], abs=1e-4
+        )
     paired = info["paired_offsets"]
     assert paired["images"] == 2
     for key in ("offset_abs", "noisy_box_vs_one_point", "noisy_box_vs_noisy_box"):

@@ -158,6 +158,26 @@ def test_example_diagnostics_without_dsp_use_the_cells():
     assert float(out["target_area"]) == pytest.approx(0.25)
 
 
+def test_value_shared_fraction_of_hand_made_values():
+    v = jnp.asarray([3.0, 4.0])
+    assert float(dg.value_shared_fraction(jnp.stack([v] * 4))) == pytest.approx(1.0)
+    assert float(dg.value_shared_fraction(jnp.stack([v, -v] * 2))) == pytest.approx(0.0)
+    # Half the positions hold v, half nothing: |v / 2|^2 / (|v|^2 / 2) = 0.5.
+    half = jnp.stack([v, jnp.zeros(2)] * 2)
+    assert float(dg.value_shared_fraction(half)) == pytest.approx(0.5)
+
+
+def test_decode_diagnostics_report_the_values_shared_fraction():
+    values = jnp.stack([jnp.ones((GRID * GRID, 4)), jnp.tile(jnp.asarray([[1.0], [-1.0]]), (8, 4))])
+    intermediates = {
+        "layer1/token_to_image_attn": jnp.stack([uniform_attention()] * 2),
+        "layer1/token_to_image_values": values,
+    }
+    out = dg.decode_diagnostics(intermediates, column_mask(), 2, layer=1, offset_scale=None)
+    np.testing.assert_allclose(out["per_example"]["value_shared"], [1.0, 0.0], atol=1e-6)
+    assert "sums" not in out
+
+
 def test_decode_diagnostics_over_a_padded_batch():
     positions = cell_positions(lambda x: 3.0 - x).reshape(GRID, GRID, 2)
     intermediates = {
@@ -280,11 +300,13 @@ def test_the_loop_reads_the_output_token_of_the_dsp_block_and_identity_plugins_c
     assert "offset_abs" not in theirs and ours["offset_abs"] == 0.0
     assert ours["attn_target"] == pytest.approx(theirs["attn_target"], rel=1e-4)
     assert math.isnan(ours["shared_fraction"])
+    assert ours["value_shared"] == pytest.approx(theirs["value_shared"], rel=1e-4)
+    assert 0.0 < theirs["value_shared"] < 1.0
     section = evaluation.format_table(report).split("Diagnostics of the DSP block")[1]
     rows = [line for line in section.splitlines() if line.startswith("| Stable-SAM |")]
-    # attention sampled / routed / area ; |offset| 0.00 / std 0.00 / shared fraction undefined /
-    # a1 of the fresh DRP
-    assert len(rows) == 1 and rows[0].count(" / ") == 5 and rows[0].count(" ; ") == 1
+    # attention sampled / routed / area / values' shared fraction ; |offset| 0.00 / std 0.00 /
+    # shared fraction undefined / a1 of the fresh DRP
+    assert len(rows) == 1 and rows[0].count(" / ") == 6 and rows[0].count(" ; ") == 1
     assert " ; 0.00 / 0.00 / - / " in rows[0]
 
 

@@ -12,7 +12,7 @@ from train_helpers import tiny_config
 
 from stablesam_jax import checkpoint as ckpt
 from stablesam_jax import training
-from stablesam_jax.builder import build_sam
+from stablesam_jax.builder import build_sam, build_stable_sam
 from stablesam_jax.training import step as step_lib
 
 # The tiny recipe: the mask decoder trains (its loss falls within a few steps), dense loss.
@@ -158,3 +158,20 @@ def test_loss_falls_over_a_few_steps_on_a_fixed_batch(parts, batch):
     assert np.isfinite(losses).all()
     assert losses[-1] < losses[0] - 0.1, losses
     assert (np.diff(losses) < 0).sum() >= 3, losses
+
+
+def test_loss_fn_reports_drp_routing_weight_a1(batch):
+    """The step logs DRP's a1 (its batch mean and spread): set the router so that every prompt
+    gets softmax(0, log 3) * 1 = (0.25, 0.75), and a1 must read 0.25 with no spread."""
+    stable_sam = build_stable_sam("vit_t", seed=0, plugin_seed=1)
+    drp = stable_sam.mask_decoder.transformer.layers[1].drp
+    drp.fc2.kernel[...] = jnp.zeros_like(drp.fc2.kernel[...])
+    drp.fc2.bias[...] = jnp.array([0.0, np.log(3.0)], jnp.float32)
+    model_def, params, frozen = training.split_model(stable_sam, training.subset_filter("plugins"))
+    settings = step_lib.LossSettings(**CONFIG.loss.to_dict())
+    _, aux = jax.device_get(
+        _loss_fn(params, frozen, batch, None, jax.random.key(0), model=model_def, settings=settings)
+    )
+    assert set(aux) == {"bce", "dice", "iou_mse", "train_iou", "drp_a1", "drp_a1_std"}
+    np.testing.assert_allclose(aux["drp_a1"], 0.25, rtol=1e-6)
+    np.testing.assert_allclose(aux["drp_a1_std"], 0.0, atol=1e-6)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from stablesam_jax.utils import chunking
+from stablesam_jax.utils.batching import bucket_chunks
 
 BUCKETS = (1, 4, 16, 64, 256)
 MIB = 2**20
@@ -61,3 +62,11 @@ def test_chunk_outputs_are_stitched_in_order():
     np.testing.assert_array_equal(out[0], a * 2)
     np.testing.assert_array_equal(out[1]["b"], b + 1)
     np.testing.assert_array_equal(out[1]["pair"][1], b)
+
+
+def test_bucket_chunks_sum_to_n_without_padding():
+    assert bucket_chunks(20, BUCKETS) == [16, 4]
+    assert bucket_chunks(10, BUCKETS) == [4, 4, 1, 1]
+    assert bucket_chunks(300, BUCKETS) == [256, 16, 16, 4, 4, 4]
+    assert bucket_chunks(0, BUCKETS) == []
+    assert bucket_chunks(5, (4, 16)) == [4, 1]  # no bucket of 1: the rest is one padded call

@@ -1,0 +1,92 @@
+"""The DSP's ceiling on the demo SAM (`run_oracle`; `python -m stablesam_jax.demo --oracle --out
+DIR`): the frozen demo SAM with its DSP's samples placed by the ground truth instead of a trained
+offset network (`evaluation.oracle`), on the demo's held-out scenes, for the DSP in the second
+two-way block (the paper's place and the demo's), the first, and both. No training: the table
+says how much any offset field of each kind could gain there, which bounds what Stable-SAM's
+trained DSP can show on this SAM.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .. import evaluation
+from ..builder import build_stable_sam
+from ..evaluation import oracle
+from ..evaluation.sources import as_sample_sources
+from .pipeline import _say
+from .recipes import finish_run, start_run
+from .settings import DemoSettings
+
+# Where the DSP sits: two-way block indices (the demo's Stable-SAM uses (1,)).
+PLACEMENTS = {"block 1 (paper)": (1,), "block 0": (0,), "blocks 0 and 1": (0, 1)}
+RESULT_FILES = {"json": "oracle.json", "table": "oracle.md"}
+
+
+def oracle_models(sam_checkpoint: str, model_type: str, placements: dict) -> dict:
+    """{placement: the frozen SAM with a fixed-offset DSP (no DRP) in those blocks}."""
+    return {
+        name: oracle.oracle_model(
+            build_stable_sam(model_type, sam_checkpoint, use_drp=False, dsp_layers=layers)
+        )
+        for name, layers in placements.items()
+    }
+
+
+def _report_text(reports: dict, settings: DemoSettings, family: str) -> str:
+    lines = [
+        f"DSP oracle on {settings.eval_scenes} held-out {family} scenes (seed "
+        f"{settings.eval_seed}), {settings.num_prompts} prompts per image and type, mIoU / mSF; "
+        f"'toward' moves each sample at most s_p = {settings.offset_scale:g} cells toward the "
+        "target, 'onto_target' all the way, 'random_direction' as far as 'toward' in a random "
+        "direction; 'none' is SAM.",
+    ]
+    for name, report in reports.items():
+        lines += [
+            "",
+            f"DSP in {name}:",
+            "",
+            oracle.format_oracle_table(report, settings.prompt_types).rstrip(),
+        ]
+    return "\n".join(lines)
+
+
+def run_oracle(out_dir, settings: DemoSettings, sam_weights: str | None = None) -> dict:
+    """Runs the oracle for every placement; writes DIR/oracle.json and DIR/oracle.md."""
+    run = start_run(out_dir, "Stable-SAM DSP oracle", sam_weights)
+    dataset = evaluation.DatasetSpec(
+        name="scenes",
+        kind="scenes",
+        num=settings.eval_scenes,
+        seed=settings.eval_seed,
+        **settings.scene_options(),
+    )
+    source = as_sample_sources([dataset])["scenes"]
+    models = oracle_models(run["checkpoint"], run["sam"].model_type, PLACEMENTS)
+    reports = {}
+    for i, (name, model) in enumerate(models.items(), 1):
+        _say(f"[{i}/{len(models)}] DSP in {name}: {len(source)} scenes")
+        tick = time.perf_counter()
+        reports[name] = oracle.oracle_report(
+            model,
+            source,
+            settings.prompt_types,
+            settings.num_prompts,
+            settings.seed,
+            limit=settings.offset_scale,
+        )
+        _say(f"      {time.perf_counter() - tick:.0f}s")
+    info = {
+        "settings": {
+            "eval_scenes": settings.eval_scenes,
+            "eval_seed": settings.eval_seed,
+            "scene_family": settings.scene_family,
+            "num_prompts": settings.num_prompts,
+            "offset_scale": settings.offset_scale,
+            "seed": settings.seed,
+        },
+        "placements": {name: list(layers) for name, layers in PLACEMENTS.items()},
+        "results": reports,
+    }
+    text = _report_text(reports, settings, settings.scene_family)
+    return finish_run(run, info, text, RESULT_FILES)
