@@ -89,7 +89,7 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         "--oracle",
         action="store_true",
         help="instead: no training; the frozen SAM with its DSP's samples placed by the ground "
-        "truth (toward / onto the target, a random control), what any offset field could gain",
+        "truth (toward / onto the target, a random control): what the mechanism could gain",
     )
     add_debug_flag(parser)
     args = parser.parse_args(argv)

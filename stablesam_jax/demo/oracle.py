@@ -2,8 +2,9 @@
 DIR`): the frozen demo SAM with its DSP's samples placed by the ground truth instead of a trained
 offset network (`evaluation.oracle`), on the demo's held-out scenes, for the DSP in the second
 two-way block (the paper's place and the demo's), the first, and both. No training: the table
-says how much any offset field of each kind could gain there, which bounds what Stable-SAM's
-trained DSP can show on this SAM.
+says how much moving the samples toward or onto the object (the paper's mechanism) could gain
+there on this SAM, before any plugin training. A trained field may do something else (a shift
+that corrects the decoder, say); the diagnostics of a trained model say what it did.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Stable-SAM's claim is a mechanism: under a sloppy prompt the DSP moves the decod
 samples toward the prompted object, the tokens gather more of the object, and the mask improves.
 A trained offset network can at best learn a field that helps. This module skips the learning:
 it sets the field from the ground-truth mask (`oracle_field`) and runs SAM's frozen decoder with
-it (`oracle_report`), so the masks say how much *any* offset field of that kind can gain at the
-DSP's place in that SAM. If moving every sample onto the object does not improve the mask, no
-training of the offset network will (the routing plugin then rightly switches the DSP off).
+it (`oracle_report`), so the masks say how much any field of that kind can gain at the DSP's
+place in that SAM. If moving every sample onto the object does not improve the mask, training
+cannot improve it by the paper's mechanism (a learned field may still find another use, such as
+a shift that suits the decoder; the diagnostics of a trained model show what it learned).
 
 Fields (offsets in feature-map cells, per cell of the DSP block's map):
 - "toward": each sample moves toward the nearest target cell by at most `limit` cells (s_p);
