@@ -29,6 +29,7 @@ from ..modeling.plugins import DeformableSamplingPlugin, FixedOffsets
 from ..modeling.sam import Sam
 from ..predictor import SamPredictor
 from ..utils.batching import bucket_chunks
+from ..utils.progress import Progress
 from .diagnostics import mask_on_grid
 from .metrics import mask_iou_batch, stability_score
 from .sources import load_with_prompts
@@ -131,12 +132,13 @@ def oracle_report(
     *,
     fields: Sequence[str] = ORACLE_FIELDS,
     limit: float = 4.0,
-    progress=None,
+    progress: bool = True,
 ) -> dict:
     """{field: {prompt type: {"miou", "msf"}}} (0-100) of `model` (`oracle_model`) on `source`
     (a `SampleSource`), with the evaluator's prompts (`load_with_prompts`, same seed: the "none"
-    row is SAM's evaluation). `progress(i, n)` is called after each image."""
+    row is SAM's evaluation). `progress`: a status line on stderr."""
     predictor = SamPredictor(model)
+    status = Progress(len(source), "DSP oracle", enabled=progress)
     grid = model.prompt_encoder.image_embedding_size[0]
     kinds = (NO_FIELD, *fields)
     ious: dict = {k: {t: [] for t in prompt_types} for k in kinds}
@@ -154,8 +156,7 @@ def oracle_report(
                 masks = _masks(predictor, prompts[prompt_type])
                 ious[kind][prompt_type].append(float(mask_iou_batch(masks, sample.mask).mean()))
                 stability[kind][prompt_type].append(stability_score(masks))
-        if progress is not None:
-            progress(index + 1, len(source))
+        status.update(index + 1)
     return {
         kind: {
             t: {

@@ -144,6 +144,7 @@ def test_the_no_field_row_is_the_evaluators_sam():
         3,
         0,
         fields=("onto_target",),
+        progress=False,
     )
     assert list(report) == ["none", "onto_target"]
     evaluated = evaluation.evaluate_report(
