@@ -24,11 +24,12 @@ Two further runs share its SAM, settings and trainer: `--study` (`study.run_stud
 PT-SAM, DSP without and with RTS and Stable-SAM against SAM, on the held-out scenes and on the
 other scene family, which no training saw; the paper's Tables 2, 5 and 11 at demo scale) and
 `--low-shot` (`low_shot.run_low_shot`: PT-SAM, HQ-SAM and Stable-SAM on 220 and 440 scenes for 12
-epochs; Table 7).
+epochs; Table 7). `--oracle` (`oracle.run_oracle`) trains nothing: the frozen SAM with its DSP's
+samples placed by the ground truth (`evaluation.oracle`), what the paper's mechanism can gain.
 
 Modules: `settings` (DemoSettings, FULL, QUICK, seeds, file names), `pipeline` (`run`,
 `train_config`, `results_json`), `recipes` (what each compared method trains), `study`,
-`low_shot`, `figure_model` (the models' masks and attention for the figures, `make_figures`),
+`low_shot`, `oracle`, `figure_model` (the models' masks and attention for the figures, `make_figures`),
 `figures` (drawing, PIL only); the command line is `stablesam_jax.commands.demo`.
 """
 
