@@ -34,9 +34,9 @@ def oracle_models(sam_checkpoint: str, model_type: str, placements: dict) -> dic
     }
 
 
-def _report_text(reports: dict, settings: DemoSettings, family: str) -> str:
+def _report_text(reports: dict, settings: DemoSettings) -> str:
     lines = [
-        f"DSP oracle on {settings.eval_scenes} held-out {family} scenes (seed "
+        f"DSP oracle on {settings.eval_scenes} held-out {settings.scene_family} scenes (seed "
         f"{settings.eval_seed}), {settings.num_prompts} prompts per image and type, mIoU / mSF; "
         f"'toward' moves each sample at most s_p = {settings.offset_scale:g} cells toward the "
         "target, 'onto_target' all the way, 'random_direction' as far as 'toward' in a random "
@@ -89,5 +89,5 @@ def run_oracle(out_dir, settings: DemoSettings, sam_weights: str | None = None) 
         "placements": {name: list(layers) for name, layers in PLACEMENTS.items()},
         "results": reports,
     }
-    text = _report_text(reports, settings, settings.scene_family)
+    text = _report_text(reports, settings)
     return finish_run(run, info, text, RESULT_FILES)
