@@ -118,3 +118,49 @@ def stability_score(masks) -> float:
     if union == 0:
         return 1.0
     return float(np.mean([np.count_nonzero(m) for m in masks]) / union)
+
+
+BOX_CUT_KEYS = ("cut", "cut_found", "kept", "kept_found", "spill")
+
+
+def box_cut_counts(masks, gt, box) -> np.ndarray:
+    """Pixel counts that say how a mask answers a box prompt that does not frame the object:
+    masks [B, H, W] (or [H, W]) against the GT [H, W] and the box (x0, y0, x1, y1; inclusive
+    pixel indices, SAM's frame) -> int64 [B, 5] in BOX_CUT_KEYS order: the target outside the
+    box ("cut"), the part of it the mask covers ("cut_found"), the target inside the box
+    ("kept"), the part of that the mask covers ("kept_found"), and the mask outside the target
+    ("spill")."""
+    masks, gt = _as_bool(masks), _as_bool(gt)
+    _check_same_shape(masks, gt)
+    masks = masks.reshape(-1, *gt.shape)
+    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64).reshape(4)
+    rows, cols = np.arange(gt.shape[0]), np.arange(gt.shape[1])
+    inside = ((rows >= y0) & (rows <= y1))[:, None] & ((cols >= x0) & (cols <= x1))[None, :]
+    cut, kept = gt & ~inside, gt & inside
+    return np.array(
+        [
+            [
+                np.count_nonzero(cut),
+                np.count_nonzero(mask & cut),
+                np.count_nonzero(kept),
+                np.count_nonzero(mask & kept),
+                np.count_nonzero(mask & ~gt),
+            ]
+            for mask in masks
+        ],
+        dtype=np.int64,
+    )
+
+
+def box_cut_summary(counts) -> dict[str, float | None]:
+    """Pooled `box_cut_counts` rows [N, 5] -> percentages: "cut_share" (of the target, outside
+    the box), "recall_outside" and "recall_inside" the box (of the target there; None where
+    there is none), "spill" (mask pixels outside the target, per target pixel)."""
+    cut, cut_found, kept, kept_found, spill = np.asarray(counts, np.float64).reshape(-1, 5).sum(0)
+    target = cut + kept
+    return {
+        "cut_share": 100.0 * cut / target if target else None,
+        "recall_outside": 100.0 * cut_found / cut if cut else None,
+        "recall_inside": 100.0 * kept_found / kept if kept else None,
+        "spill": 100.0 * spill / target if target else None,
+    }

@@ -31,7 +31,7 @@ from ..predictor import SamPredictor
 from ..utils.batching import bucket_chunks
 from ..utils.progress import Progress
 from .diagnostics import mask_on_grid
-from .metrics import mask_iou_batch, stability_score
+from .metrics import box_cut_counts, box_cut_summary, mask_iou_batch, stability_score
 from .sources import load_with_prompts
 
 ORACLE_FIELDS = ("toward", "onto_target", "random_direction")
@@ -136,13 +136,16 @@ def oracle_report(
 ) -> dict:
     """{field: {prompt type: {"miou", "msf"}}} (0-100) of `model` (`oracle_model`) on `source`
     (a `SampleSource`), with the evaluator's prompts (`load_with_prompts`, same seed: the "none"
-    row is SAM's evaluation). `progress`: a status line on stderr."""
+    row is SAM's evaluation). Box prompt types also get "box_cut" (`metrics.box_cut_summary`,
+    pooled over their masks): whether a field lets the mask reach the part of the object a
+    loose box cuts off. `progress`: a status line on stderr."""
     predictor = SamPredictor(model)
     status = Progress(len(source), "DSP oracle", enabled=progress)
     grid = model.prompt_encoder.image_embedding_size[0]
     kinds = (NO_FIELD, *fields)
     ious: dict = {k: {t: [] for t in prompt_types} for k in kinds}
     stability: dict = {k: {t: [] for t in prompt_types} for k in kinds}
+    cut_counts: dict = {k: {t: [] for t in prompt_types} for k in kinds}
     for index in range(len(source)):
         sample, prompts = load_with_prompts(source, index, prompt_types, num_prompts, seed)
         if prompts is None:
@@ -156,8 +159,12 @@ def oracle_report(
                 masks = _masks(predictor, prompts[prompt_type])
                 ious[kind][prompt_type].append(float(mask_iou_batch(masks, sample.mask).mean()))
                 stability[kind][prompt_type].append(stability_score(masks))
+                for prompt, mask in zip(prompts[prompt_type], masks):
+                    if prompt["box"] is not None:
+                        counts = box_cut_counts(mask, sample.mask, prompt["box"])
+                        cut_counts[kind][prompt_type].append(counts)
         status.update(index + 1)
-    return {
+    report: dict = {
         kind: {
             t: {
                 "miou": 100.0 * float(np.mean(ious[kind][t])),
@@ -167,6 +174,11 @@ def oracle_report(
         }
         for kind in kinds
     }
+    for kind in kinds:
+        for t in prompt_types:
+            if cut_counts[kind][t]:
+                report[kind][t]["box_cut"] = box_cut_summary(np.concatenate(cut_counts[kind][t]))
+    return report
 
 
 def format_oracle_table(report: dict, prompt_types: Sequence[str]) -> str:
@@ -175,5 +187,24 @@ def format_oracle_table(report: dict, prompt_types: Sequence[str]) -> str:
     lines = [header, "|---" * (len(prompt_types) + 1) + "|"]
     for kind, row in report.items():
         cells = [f"{row[t]['miou']:.1f} / {row[t]['msf']:.1f}" for t in prompt_types]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_box_cut_table(report: dict, prompt_type: str) -> str:
+    """The "box_cut" numbers of one box prompt type as a Markdown table, one row per field."""
+    lines = [
+        "| DSP offsets | target outside the box | recall outside | recall inside | spill |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, row in report.items():
+        cut = row[prompt_type]["box_cut"]
+        cells = [
+            _percent(cut[k]) for k in ("cut_share", "recall_outside", "recall_inside", "spill")
+        ]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

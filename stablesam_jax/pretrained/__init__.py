@@ -50,6 +50,12 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
 def read_stored(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """(the arrays exactly as stored, metadata) from a packaged `.npz`, unchecked."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a directory: this reads a .npz written by "
+            "`python -m stablesam_jax.commands.export_pretrained`; load an Orbax 'sam' checkpoint "
+            f"directory with build_sam({DEMO_MODEL_TYPE!r}, {os.fspath(path)!r})"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist. Pretrain and export the demo SAM with:\n  {PRETRAIN_COMMAND}"

@@ -132,6 +132,11 @@ def test_missing_weight_file_names_the_pretraining_command(tmp_path):
         pretrained.read_npz(tmp_path / "missing.npz")
 
 
+def test_a_checkpoint_directory_given_as_the_weight_file_says_how_to_load_it(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"is a directory.*export_pretrained.*build_sam"):
+        pretrained.build_demo_sam(tmp_path)
+
+
 def test_packaged_demo_sam_is_small_and_loads_into_vit_demo():
     path = pretrained.DEMO_SAM_FILE
     assert path.is_file(), f"{path} is missing: {pretrained.PRETRAIN_COMMAND}"

@@ -13,9 +13,9 @@ from stablesam_jax.data.prompts import mask_to_box
 from stablesam_jax.data.scenes import SceneDataset
 from stablesam_jax.demo.oracle import PLACEMENTS, RESULT_FILES, run_oracle
 from stablesam_jax.demo.settings import QUICK
-from stablesam_jax.evaluation import oracle
+from stablesam_jax.evaluation import metrics, oracle
 from stablesam_jax.evaluation.diagnostics import mask_on_grid
-from stablesam_jax.evaluation.sources import as_sample_sources
+from stablesam_jax.evaluation.sources import as_sample_sources, load_with_prompts
 from stablesam_jax.modeling.plugins import PluginConfig
 
 # --------------------------------------------------------------------------------------------------
@@ -68,6 +68,35 @@ def test_format_has_a_row_per_field():
     }
     lines = oracle.format_oracle_table(report, ["noisy_box"]).splitlines()
     assert lines[2] == "| none | 70.0 / 60.0 |" and lines[3] == "| toward | 71.2 / 61.0 |"
+
+
+def test_box_cut_counts_split_the_target_at_the_box_edge():
+    gt = np.zeros((6, 8), bool)
+    gt[1:5, 1:7] = True  # 24 pixels, columns 1..6
+    box = np.array([3.0, 0.0, 7.0, 5.0])  # columns 3..7: cuts off columns 1-2 (8 pixels)
+    masks = np.zeros((2, 6, 8), bool)
+    masks[0, 1:5, 3:8] = True  # the part in the box and column 7 (4 pixels of spill)
+    masks[1, 1:5, 0:4] = True  # column 0 (4 spill), columns 1-2 (the cut), column 3 (4 kept)
+    counts = metrics.box_cut_counts(masks, gt, box)
+    assert [dict(zip(metrics.BOX_CUT_KEYS, row.tolist())) for row in counts] == [
+        {"cut": 8, "cut_found": 0, "kept": 16, "kept_found": 16, "spill": 4},
+        {"cut": 8, "cut_found": 8, "kept": 16, "kept_found": 4, "spill": 4},
+    ]
+    assert metrics.box_cut_summary(counts) == {
+        "cut_share": pytest.approx(100 * 16 / 48),
+        "recall_outside": pytest.approx(100 * 8 / 16),
+        "recall_inside": pytest.approx(100 * 20 / 32),
+        "spill": pytest.approx(100 * 8 / 48),
+    }
+    framed = metrics.box_cut_counts(masks[0], gt, [1, 1, 6, 4])
+    assert metrics.box_cut_summary(framed)["recall_outside"] is None
+
+
+def test_box_cut_table_shows_a_dash_where_nothing_was_cut():
+    cut = {"cut_share": 0.0, "recall_outside": None, "recall_inside": 90.04, "spill": 5.0}
+    report = {"none": {"noisy_box": {"miou": 1.0, "msf": 1.0, "box_cut": cut}}}
+    lines = oracle.format_box_cut_table(report, "noisy_box").splitlines()
+    assert lines[2] == "| none | 0.0 | - | 90.0 | 5.0 |"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,6 +184,40 @@ def test_the_no_field_row_is_the_evaluators_sam():
             assert report["none"][prompt_type][metric] == pytest.approx(
                 evaluated[prompt_type][metric], abs=1e-3
             )
+    assert "box_cut" not in report["none"]["one_point"]
+
+
+def test_box_cut_of_the_no_field_row_counts_sams_masks_at_the_box_edge():
+    spec = evaluation.DatasetSpec(
+        name="scenes", kind="scenes", num=2, seed=4, size=256, max_objects=8, family="clusters"
+    )
+    source = as_sample_sources([spec])["scenes"]
+    report = oracle.oracle_report(
+        _oracle_demo_sam(), source, ("noisy_box",), 3, 0, fields=(), progress=False
+    )
+    sam = SamPredictor(pretrained.build_demo_sam())
+    cut = found = kept = kept_found = spill = 0
+    for index in range(len(source)):
+        sample, prompts = load_with_prompts(source, index, ("noisy_box",), 3, 0)
+        sam.set_image(sample.image)
+        for prompt in prompts["noisy_box"]:
+            mask = sam.predict(box=prompt["box"], multimask_output=False)[0][0]
+            x0, y0, x1, y1 = np.asarray(prompt["box"]).reshape(4)
+            inside = np.zeros_like(sample.mask)
+            inside[
+                int(np.ceil(y0)) : int(np.floor(y1)) + 1, int(np.ceil(x0)) : int(np.floor(x1)) + 1
+            ] = True
+            cut += np.sum(sample.mask & ~inside)
+            found += np.sum(sample.mask & ~inside & mask)
+            kept += np.sum(sample.mask & inside)
+            kept_found += np.sum(sample.mask & inside & mask)
+            spill += np.sum(mask & ~sample.mask)
+    assert cut > 0
+    summary = report["none"]["noisy_box"]["box_cut"]
+    assert summary["cut_share"] == pytest.approx(100 * cut / (cut + kept))
+    assert summary["recall_outside"] == pytest.approx(100 * found / cut)
+    assert summary["recall_inside"] == pytest.approx(100 * kept_found / kept)
+    assert summary["spill"] == pytest.approx(100 * spill / (cut + kept))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,11 +239,16 @@ def test_demo_oracle_run_writes_a_table_per_placement(tmp_path):
             for cell in row.values():
                 assert 0 <= cell["miou"] <= 100 and 0 <= cell["msf"] <= 100
         nones.append(report["none"])
+    assert "noisy_box, the object the box cuts off:" in text
+    cut = info["results"]["block 1 (paper)"]["none"]["noisy_box"]["box_cut"]
+    assert set(cut) == {"cut_share", "recall_outside", "recall_inside", "spill"}
     # A DSP that reads every cell where it stands is SAM, wherever it sits.
     for none in nones[1:]:
         for prompt_type, cell in none.items():
-            for metric, value in cell.items():
-                assert value == pytest.approx(nones[0][prompt_type][metric], abs=1e-3)
+            for metric in ("miou", "msf"):
+                assert cell[metric] == pytest.approx(nones[0][prompt_type][metric], abs=1e-3)
+            if "box_cut" in cell:
+                assert cell["box_cut"] == nones[0][prompt_type]["box_cut"]
 
 
 def test_oracle_with_another_run_is_refused(capsys):
