@@ -40,12 +40,11 @@ def _report_text(reports: dict, settings: DemoSettings) -> str:
         f"{settings.eval_seed}), {settings.num_prompts} prompts per image and type, mIoU / mSF; "
         f"'toward' moves each sample at most s_p = {settings.offset_scale:g} cells toward the "
         "target, 'onto_target' all the way, 'random_direction' as far as 'toward' in a random "
-        "direction; 'none' is SAM. Under each table, for every loose-box prompt type: how much "
-        "of the target lies outside the box, how much of that part and of the part inside the "
-        "box the masks cover, and the masks' pixels outside the target per target pixel (spill), "
-        "in %, pooled over all masks.",
+        "direction; 'none' is SAM. Under each table, for every box prompt type: how much of the "
+        "target lies outside the box, how much of that part and of the part inside the box the "
+        "masks cover, and the masks' pixels outside the target per target pixel (spill), in %, "
+        "pooled over all masks.",
     ]
-    loose_boxes = [t for t in settings.prompt_types if t.startswith("noisy_box")]
     for name, report in reports.items():
         lines += [
             "",
@@ -53,13 +52,14 @@ def _report_text(reports: dict, settings: DemoSettings) -> str:
             "",
             oracle.format_oracle_table(report, settings.prompt_types).rstrip(),
         ]
-        for prompt_type in loose_boxes:
-            lines += [
-                "",
-                f"{prompt_type}, the object the box cuts off:",
-                "",
-                oracle.format_box_cut_table(report, prompt_type).rstrip(),
-            ]
+        for prompt_type in settings.prompt_types:
+            if "box_cut" in report[oracle.NO_FIELD][prompt_type]:
+                lines += [
+                    "",
+                    f"{prompt_type}, where the masks fall against the box:",
+                    "",
+                    oracle.format_box_cut_table(report, prompt_type).rstrip(),
+                ]
     return "\n".join(lines)
 
 

@@ -239,7 +239,9 @@ def test_demo_oracle_run_writes_a_table_per_placement(tmp_path):
             for cell in row.values():
                 assert 0 <= cell["miou"] <= 100 and 0 <= cell["msf"] <= 100
         nones.append(report["none"])
-    assert "noisy_box, the object the box cuts off:" in text
+    assert "noisy_box, where the masks fall against the box:" in text
+    assert "gt_box, where the masks fall against the box:" in text
+    assert "one_point, where" not in text
     cut = info["results"]["block 1 (paper)"]["none"]["noisy_box"]["box_cut"]
     assert set(cut) == {"cut_share", "recall_outside", "recall_inside", "spill"}
     # A DSP that reads every cell where it stands is SAM, wherever it sits.
