@@ -29,8 +29,8 @@ samples placed by the ground truth (`evaluation.oracle`), what the paper's mecha
 
 Modules: `settings` (DemoSettings, FULL, QUICK, seeds, file names), `pipeline` (`run`,
 `train_config`, `results_json`), `recipes` (what each compared method trains), `study`,
-`low_shot`, `oracle`, `figure_model` (the models' masks and attention for the figures, `make_figures`),
-`figures` (drawing, PIL only); the command line is `stablesam_jax.commands.demo`.
+`low_shot`, `oracle`, `figure_model` (the models' masks and attention for the figures,
+`make_figures`), `figures` (drawing, PIL only); the command line is `stablesam_jax.commands.demo`.
 """
 
 import importlib
