@@ -53,6 +53,10 @@ class DemoSettings:
     # The reported numbers use EVAL_SCENE_SEED; choices such as s_p were made on another seed.
     eval_seed: int = EVAL_SCENE_SEED
     figure_examples: int = 3
+    # The oracle's plugin ceiling (evaluation.oracle_fit): the first this many held-out scenes,
+    # Adam steps per prompt (fitting costs ~10 s per scene and prompt type on 2 cores).
+    ceiling_scenes: int = 10
+    ceiling_steps: int = 100
 
     def scene_options(self) -> dict:
         """`SceneDataset` / `DatasetSpec` keywords of the demo's scenes (besides count and seed)."""
@@ -68,4 +72,12 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = dataclasses.replace(FULL, train_scenes=16, batch_size=4, eval_scenes=2, figure_examples=2)
+QUICK = dataclasses.replace(
+    FULL,
+    train_scenes=16,
+    batch_size=4,
+    eval_scenes=2,
+    figure_examples=2,
+    ceiling_scenes=1,
+    ceiling_steps=2,
+)

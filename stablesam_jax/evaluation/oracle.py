@@ -81,7 +81,7 @@ def oracle_field(
     )
 
 
-def _dsps(model: Sam) -> list[DeformableSamplingPlugin]:
+def dsp_plugins(model: Sam) -> list[DeformableSamplingPlugin]:
     layers = model.mask_decoder.transformer.layers
     return [layer.dsp for layer in layers if layer.dsp is not None]
 
@@ -89,7 +89,7 @@ def _dsps(model: Sam) -> list[DeformableSamplingPlugin]:
 def oracle_model(model: Sam) -> Sam:
     """Arms `model`'s DSPs (SAM with plugins, no DRP) with fixed offsets, initially 0; returns it.
     The oracle's model; `set_offsets` changes the field."""
-    dsps = _dsps(model)
+    dsps = dsp_plugins(model)
     if not dsps or any(layer.drp is not None for layer in model.mask_decoder.transformer.layers):
         raise ValueError(
             "the oracle needs SAM with DSP plugins and no DRP (build_stable_sam(..., use_drp=False))"
@@ -102,12 +102,12 @@ def oracle_model(model: Sam) -> Sam:
 
 def set_offsets(predictor: SamPredictor, field: np.ndarray) -> None:
     """Every DSP of the predictor's (oracle) model reads at `field` [G, G, 2] from the next call."""
-    for dsp in _dsps(predictor.model):
+    for dsp in dsp_plugins(predictor.model):
         dsp.fixed_offsets[...] = jnp.asarray(field, jnp.float32)
     predictor.update_weights()
 
 
-def _masks(predictor: SamPredictor, prompts: list[dict]) -> np.ndarray:
+def prompt_masks(predictor: SamPredictor, prompts: list[dict]) -> np.ndarray:
     """bool [P, H, W]: the single-mask output of each prompt (all of one type)."""
     out, start = [], 0
     for size in bucket_chunks(len(prompts), predictor.prompt_buckets):
@@ -156,7 +156,7 @@ def oracle_report(
         for kind in kinds:
             set_offsets(predictor, oracle_field(kind, share, limit, rng))
             for prompt_type in prompt_types:
-                masks = _masks(predictor, prompts[prompt_type])
+                masks = prompt_masks(predictor, prompts[prompt_type])
                 ious[kind][prompt_type].append(float(mask_iou_batch(masks, sample.mask).mean()))
                 stability[kind][prompt_type].append(stability_score(masks))
                 for prompt, mask in zip(prompts[prompt_type], masks):

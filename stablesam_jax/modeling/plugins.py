@@ -34,6 +34,13 @@ class FixedOffsets(nnx.Variable):
     an ideal field would gain); neither a SAM nor a plugin weight, so never trained or saved."""
 
 
+class FixedMixture(nnx.Variable):
+    """[H*W, H*W] weights that replace the DSP's bilinear sampling: sampled key/value i is
+    sum_j weights[i, j] * regular key/value j. Every bilinear sample is such a row (at most four
+    non-zero weights), so the oracle's relaxation (`evaluation.oracle_fit`) searches a set that
+    holds every field. Set from outside, like `FixedOffsets`; never trained or saved."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginConfig:
     """Where the paper is silent these are our choices (docs/design.md, "Stable-SAM as built").
@@ -101,6 +108,8 @@ class DeformableSamplingPlugin(nnx.Module):
         )
         # [H, W, 2] offsets (cells) that replace the network's for every example, when set.
         self.fixed_offsets: FixedOffsets | None = nnx.data(None)
+        # [H*W, H*W] sampling weights that replace the bilinear sampling, when set.
+        self.fixed_mixture: FixedMixture | None = nnx.data(None)
 
     def project(self, x_p: jax.Array) -> jax.Array:
         """The offset network's first 1x1 conv: x_p [..., C] -> [..., C]."""

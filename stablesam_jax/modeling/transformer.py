@@ -170,9 +170,13 @@ class TwoWayAttentionBlock(nnx.Module):
                 k_src, v_src = k_reg, v_reg
             offsets = dsp.offsets_of_projected(proj.reshape(1, h, w, -1))[0]
             positions = dsp.sampling_positions(offsets)
-            corners = sampling.bilinear_corners(positions.reshape(h * w, 2), hw)
-            k = sampling.gather_bilinear(k_src, *corners)
-            v = sampling.gather_bilinear(v_src, *corners)
+            if dsp.fixed_mixture is not None:
+                mixture = dsp.fixed_mixture[...].astype(k_src.dtype)  # [H*W, H*W]
+                k, v = mixture @ k_src, mixture @ v_src
+            else:
+                corners = sampling.bilinear_corners(positions.reshape(h * w, 2), hw)
+                k = sampling.gather_bilinear(k_src, *corners)
+                v = sampling.gather_bilinear(v_src, *corners)
             if a is not None:
                 k, v = a[0] * k + a[1] * k_reg, a[0] * v + a[1] * v_reg
             k, v = _add_bias(k, attn.k_proj), _add_bias(v, attn.v_proj)

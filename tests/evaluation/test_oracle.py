@@ -244,6 +244,13 @@ def test_demo_oracle_run_writes_a_table_per_placement(tmp_path):
     assert "one_point, where" not in text
     cut = info["results"]["block 1 (paper)"]["none"]["noisy_box"]["box_cut"]
     assert set(cut) == {"cut_share", "recall_outside", "recall_inside", "spill"}
+    # The ceiling runs on the same (single) scene: its SAM row is the oracle's.
+    assert "The plugins' ceiling, DSP in block 1 (paper)" in text
+    ceiling = info["ceiling"]["results"]
+    assert list(ceiling) == ["none", "mixture_c1", "own_cell_free_c", "mixture_free_c"]
+    for prompt_type, cell in ceiling["none"].items():
+        for metric in ("miou", "msf"):
+            assert cell[metric] == pytest.approx(nones[0][prompt_type][metric], abs=1e-3)
     # A DSP that reads every cell where it stands is SAM, wherever it sits.
     for none in nones[1:]:
         for prompt_type, cell in none.items():
