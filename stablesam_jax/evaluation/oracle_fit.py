@@ -9,9 +9,10 @@ with weights >= 0 that sum to at most c, one c >= 0 per prompt. A DSP sample at 
 |dp| <= s_p is such a mixture (its four bilinear corners lie in the window; zero padding loses
 weight: the mixture's extra "nothing" column), and so is DRP's a1 S + a2 I (c = a1 + a2). The
 mixtures are fitted per prompt to the ground truth with Adam on the training loss (BCE + dice in
-the low-res frame), starting next to SAM (each sample its own cell, c = 1). The masks of the
-fitted mixtures say how much the plugins could gain at that place for that prompt: if they gain
-little, no training of the plugins can gain much there.
+the low-res frame), starting next to SAM (each sample its own cell, c = 1). The best mixture
+bounds what the plugins could gain at that place for that prompt (loosely: a mixture can average
+a window, which no field can); the fit finds part of it, more with more `steps` (the loss may
+still be falling at the last one), so its masks are a lower estimate of that bound.
 """
 
 from __future__ import annotations
