@@ -83,9 +83,9 @@ def _row(x: jax.Array | None) -> jax.Array | None:
     return None if x is None else x[None]
 
 
-@functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=("steps", "learning_rate", "free_scale")
-)
+# Steps, learning rate and free_scale are traced, not static: every fitted row of a prompt
+# signature shares one executable (each holds thousands of JIT memory maps on the CPU).
+@functools.partial(jax.jit, static_argnums=(0,))
 def _fit(
     graphdef,
     fixed,
@@ -101,8 +101,8 @@ def _fit(
     free_scale,
 ):
     """Per prompt (vmapped): Adam on each DSP's mixture. embedding [1, h, w, C]; prompts: dict of
-    [P, ...]; target [L, L] in [0, 1]; window, start: `window_mask`, `initial_logits`. Returns low-res logits [P, L, L], losses before and after
-    [P], c per DSP [P, n_dsp]."""
+    [P, ...]; target [L, L] in [0, 1]; window, start: `window_mask`, `initial_logits`. Returns
+    low-res logits [P, L, L], losses before and after [P], c per DSP [P, n_dsp]."""
     leaves, treedef = jax.tree.flatten(fixed)
     optimizer = optax.adam(learning_rate)
 
@@ -128,15 +128,15 @@ def _fit(
         params = ([start] * len(leaves), [scale] * len(leaves))
         before = loss_of(params, prompt)
 
-        def step(carry, _):
+        def step(_, carry):
             params, opt_state = carry
             grads = jax.grad(loss_of)(params, prompt)
-            if not free_scale:  # c stays 1: Adam leaves a parameter with zero gradient alone
-                grads = (grads[0], [jnp.zeros_like(g) for g in grads[1]])
+            # c stays 1 unless free: Adam leaves a parameter with zero gradient alone.
+            grads = (grads[0], [jnp.where(free_scale, g, 0.0) for g in grads[1]])
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), None
+            return optax.apply_updates(params, updates), opt_state
 
-        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
+        params, _ = jax.lax.fori_loop(0, steps, step, (params, optimizer.init(params)))
         scales = jnp.stack([jax.nn.softplus(s) for s in params[1]])
         return logits_of(params, prompt)[0], before, loss_of(params, prompt), scales
 
@@ -175,9 +175,9 @@ def fit_mixtures(
         jnp.asarray(target, jnp.float32),
         jnp.asarray(window),
         jnp.asarray(initial_logits(window)),
-        steps=int(steps),
-        learning_rate=float(learning_rate),
-        free_scale=bool(free_scale),
+        steps=jnp.int32(steps),
+        learning_rate=jnp.float32(learning_rate),
+        free_scale=jnp.bool_(free_scale),
     )
     upscaled = postprocess_logits(low, model.img_size, input_size, original_size)
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +14,15 @@ from stablesam_jax.evaluation import oracle, oracle_fit
 from stablesam_jax.evaluation.diagnostics import mask_on_grid
 from stablesam_jax.evaluation.sources import as_sample_sources
 from stablesam_jax.modeling.plugins import FixedMixture, PluginConfig
+
+
+@pytest.fixture(autouse=True)
+def _release_executables():
+    """Each fit compiles the whole decoder under a loop; on the CPU every executable holds
+    thousands of JIT memory maps, and one pytest process runs the whole suite under the kernel's
+    map-count limit (65,530): drop them after each test."""
+    yield
+    jax.clear_caches()
 
 
 def test_window_of_radius_one_on_a_3x3_grid():
