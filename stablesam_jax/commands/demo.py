@@ -19,7 +19,15 @@ import os
 import sys
 import zipfile
 
-from ..demo.settings import EVAL_SCENE_SEED, FULL, QUICK, SCENE_MAX_OBJECTS, DemoSettings
+from ..demo.settings import (
+    EVAL_SCENE_SEED,
+    FULL,
+    QUICK,
+    ROUTING_CHOICES,
+    SCENE_MAX_OBJECTS,
+    TRAIN_TARGET_CHOICES,
+    DemoSettings,
+)
 from ._errors import UsageError, add_debug_flag, command
 from ._outputs import check_output_dir, is_within
 
@@ -57,6 +65,23 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         "--padding",
         choices=("zeros", "border"),
         help="what a DSP sample off the map reads: nothing (zeros, default) or the nearest edge cell",
+    )
+    parser.add_argument(
+        "--routing",
+        choices=ROUTING_CHOICES,
+        help="DRP's sigma: softmax (default; a1 + a2 = s for every prompt) or sigmoid (a1 and a2 "
+        "each in (0, s): how much the token reads can differ by prompt)",
+    )
+    parser.add_argument(
+        "--drp-scale-lr-multiplier",
+        type=float,
+        help="the lr of DRP's scale s as a multiple of --learning-rate",
+    )
+    parser.add_argument(
+        "--train-target",
+        choices=TRAIN_TARGET_CHOICES,
+        help="which object of a training scene is the target: random (default) or the largest, "
+        "the one the evaluation scores",
     )
     parser.add_argument(
         "--scene-family",
@@ -108,6 +133,9 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
             "dsp_lr_multiplier",
             "center_offsets",
             "padding",
+            "routing",
+            "drp_scale_lr_multiplier",
+            "train_target",
             "scene_family",
             "occlusion_prob",
             "seed",
@@ -122,6 +150,7 @@ def _settings(argv) -> tuple[argparse.Namespace, DemoSettings]:
         ("learning_rate", 0.0, math.inf),
         ("offset_scale", 0.0, math.inf),
         ("dsp_lr_multiplier", 0.0, math.inf),
+        ("drp_scale_lr_multiplier", 0.0, math.inf),
         ("occlusion_prob", 0.0, 1.0),
     ):
         value = overrides.get(field)

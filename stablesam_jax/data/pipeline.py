@@ -42,11 +42,14 @@ from .folders import (
     load_pair,
 )
 from .prompts import RTS_KINDS, occlude, sample_rts_prompt
+from .scenes import largest_instance
 
 logger = logging.getLogger(__name__)
 
 PAD_PIXEL = 128  # LSJ pads the image bottom/right with this value (and the mask with 0)
 MAX_POINTS = 10
+# Which instance of a multi-instance record a training example targets (`make_train_dataset`).
+TARGET_INSTANCES = ("random", "largest")
 OCCLUSION_NONE, OCCLUSION_OCCLUDER, OCCLUSION_OCCLUDEE = 0, 1, 2
 
 
@@ -191,13 +194,18 @@ class TrainConfig:
     # loudly instead of spinning.
     max_corrupt_replacements: int = 32
     max_points: int = MAX_POINTS
+    target_instance: str = "random"
 
     @property
     def low_res(self) -> int:
         return self.image_size // 4  # SAM's mask logits are 1/4 of the input side
 
 
-def _pick_instance(record: dict, rng: np.random.Generator, source_index: int) -> np.ndarray:
+def _pick_instance(
+    record: dict, rng: np.random.Generator, source_index: int, how: str = "random"
+) -> np.ndarray:
+    """One instance of a multi-instance record: a uniformly drawn non-empty one, or ("largest")
+    the one with the most pixels, the object a single-mask dataset and the evaluator keep."""
     masks = np.asarray(record["masks"], dtype=bool)
     if masks.ndim == 2:
         masks = masks[None]
@@ -207,6 +215,8 @@ def _pick_instance(record: dict, rng: np.random.Generator, source_index: int) ->
             f"record {source_index} ({record.get('name', '?')}) has an empty mask (no pixel > 128): "
             "fix or remove its mask file."
         )
+    if how == "largest":
+        return largest_instance(masks)
     return masks[int(nonempty[rng.integers(nonempty.size)])]
 
 
@@ -229,7 +239,8 @@ class TrainTransform:
 
     def _load(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         record = self.source[index]
-        return np.asarray(record["image"], dtype=np.uint8), _pick_instance(record, rng, index)
+        mask = _pick_instance(record, rng, index, self.config.target_instance)
+        return np.asarray(record["image"], dtype=np.uint8), mask
 
     def _load_or_replace(self, source_index: int, rng: np.random.Generator):
         skipped = 0
@@ -350,6 +361,7 @@ def make_train_dataset(
     flip_prob: float = 0.5,
     read_threads: int = 2,
     prefetch_batches: int = 2,
+    target_instance: str = "random",
 ) -> grain.IterDataset:
     """Infinite, shuffled (reshuffled each epoch) stream of fixed-shape training batches.
 
@@ -362,7 +374,13 @@ def make_train_dataset(
     (records shard_index, shard_index + shard_count, ...). `iter(ds)` gives a Grain
     DatasetIterator whose `get_state()` / `set_state()` checkpoint and resume it exactly;
     num_workers > 0 computes batches in spawned processes (same batches as num_workers=0).
+    `target_instance`: which instance of a multi-instance record (generated scenes) is the target,
+    "random" or "largest" (`TARGET_INSTANCES`).
     """
+    if target_instance not in TARGET_INSTANCES:
+        raise ValueError(
+            f"target_instance must be one of {TARGET_INSTANCES}, got {target_instance!r}"
+        )
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     if not 0 <= shard_index < shard_count:
@@ -381,6 +399,7 @@ def make_train_dataset(
         lsj_range=None if lsj_range is None else tuple(lsj_range),
         flip_prob=flip_prob,
         skip_corrupt=skip_corrupt,
+        target_instance=target_instance,
     )
     indices = grain.MapDataset.range(len(source))[shard_index::shard_count]
     epoch_length = len(indices)
@@ -428,8 +447,7 @@ class EvalSource:
         masks = np.asarray(record["masks"], dtype=bool)
         if masks.ndim == 2:
             masks = masks[None]
-        areas = masks.reshape(len(masks), -1).sum(axis=1)
-        return record["image"], masks[int(np.argmax(areas))], str(record["name"])
+        return record["image"], largest_instance(masks), str(record["name"])
 
     def __iter__(self):
         for index in range(len(self)):

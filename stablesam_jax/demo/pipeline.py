@@ -34,7 +34,9 @@ def train_config(settings: DemoSettings, sam_checkpoint: str):
     config.plugins.offset_scale = settings.offset_scale
     config.plugins.center_offsets = settings.center_offsets
     config.plugins.padding = settings.padding
+    config.plugins.routing = settings.routing
     config.optimizer.dsp_lr_multiplier = settings.dsp_lr_multiplier
+    config.optimizer.drp_scale_lr_multiplier = settings.drp_scale_lr_multiplier
     config.seed = settings.seed
     config.batch_size = settings.batch_size
     config.num_epochs = 1.0
@@ -47,6 +49,7 @@ def train_config(settings: DemoSettings, sam_checkpoint: str):
     config.data.max_objects = settings.scene_options()["max_objects"]
     config.data.mixture = dict(settings.mixture)
     config.data.occlusion_prob = settings.occlusion_prob
+    config.data.target_instance = settings.train_target
     config.data.use_lsj = settings.lsj_range is not None
     if settings.lsj_range is not None:
         config.data.lsj_range = tuple(settings.lsj_range)
@@ -98,6 +101,17 @@ def _drp_a1(pooled: dict, prompt_types) -> dict[str, float]:
         t: float(pooled["Stable-SAM"][t]["drp_a1"])
         for t in prompt_types
         if "drp_a1" in pooled["Stable-SAM"][t]
+    }
+
+
+def drp_scales(model) -> dict[str, float]:
+    """{"layer<i>": DRP's learned scale s} of each block with a DRP: with softmax routing
+    a1 + a2 = s for every prompt, with sigmoid each of a1, a2 lies in (0, s)."""
+    layers = model.mask_decoder.transformer.layers
+    return {
+        f"layer{i}": float(layer.drp.scale[...])
+        for i, layer in enumerate(layers)
+        if layer.drp is not None
     }
 
 
@@ -195,6 +209,7 @@ def run(
             "plugins": trained["export"],
         },
         "drp_a1": drp_a1,
+        "drp_scale": drp_scales(stable_sam),
         # Attention on the target and the DSP's offset statistics (docs/design.md, Diagnostics).
         "diagnostics": report.get("diagnostics", {}).get(evaluation.POOLED, {}),
         "paired_offsets": paired,
@@ -207,7 +222,7 @@ def run(
     atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=1, default=str) + "\n")
     _say("")
     _say(table)
-    _say(_summary(results, paired, timings))
+    _say(_summary(results, paired, timings, info["drp_scale"], settings.routing))
     return info
 
 
@@ -223,7 +238,9 @@ def _paired_line(paired: dict) -> str:
     )
 
 
-def _summary(results: dict, paired: dict, timings: dict) -> str:
+def _summary(
+    results: dict, paired: dict, timings: dict, scales: dict[str, float], routing: str
+) -> str:
     lines = ["Stable-SAM minus SAM (mIoU / mBIoU / mSF points):"]
     for prompt_type in results["sam"]:
         deltas = [
@@ -231,6 +248,9 @@ def _summary(results: dict, paired: dict, timings: dict) -> str:
             for m in ("miou", "mbiou", "msf")
         ]
         lines.append(f"  {prompt_type:13s} " + " / ".join(f"{d:+.1f}" for d in deltas))
+    if scales:
+        scale_text = ", ".join(f"{name} {value:.3f}" for name, value in scales.items())
+        lines.append(f"DRP ({routing} routing) scale s: {scale_text}")
     if paired:
         lines.append(_paired_line(paired))
     lines.append(

@@ -16,6 +16,10 @@ TRAIN_SCENE_SEED = 2
 EVAL_SCENE_SEED = 3
 # Objects per scene of each family (stablesam_jax.data.scenes.SCENE_FAMILIES) the demo uses.
 SCENE_MAX_OBJECTS = {"shapes": 4, "clusters": 8}
+# The choices of PluginConfig.routing and of the pipeline's TARGET_INSTANCES, here so the command
+# line parses without loading JAX (a test holds them equal).
+ROUTING_CHOICES = ("softmax", "sigmoid")
+TRAIN_TARGET_CHOICES = ("random", "largest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,11 @@ class DemoSettings:
     dsp_lr_multiplier: float = 1.0
     center_offsets: bool = False
     padding: str = "zeros"
+    # DRP's sigma (PluginConfig.routing) and its scale's lr multiplier (training.optim); which
+    # instance of a training scene is the target (the evaluator's is the largest).
+    routing: str = "softmax"
+    drp_scale_lr_multiplier: float = 1.0
+    train_target: str = "random"
     # The scene family of every set the demo trains and evaluates on (not the study's generality
     # family); the SAM it loads should have been pretrained on the same family.
     scene_family: str = "clusters"

@@ -13,7 +13,7 @@ from . import diagnostics
 from .protocol import METRIC_KEYS, POOLED
 
 Result = Callable[[], Mapping[str, float]]
-_PER_IMAGE_KEYS = (*METRIC_KEYS, "drp_a1", *diagnostics.SCALAR_KEYS)
+_PER_IMAGE_KEYS = (*METRIC_KEYS, "drp_a1", "drp_a2", *diagnostics.SCALAR_KEYS)
 
 
 class DatasetScores:
@@ -87,8 +87,9 @@ def summarize(per_image: Mapping[str, Sequence[float]]) -> dict:
     summary = {
         key: float(np.mean(per_image[key])) if count else float("nan") for key in METRIC_KEYS
     }
-    if per_image.get("drp_a1"):
-        summary["drp_a1"] = float(np.mean(per_image["drp_a1"]))
+    for key in ("drp_a1", "drp_a2"):
+        if per_image.get(key):
+            summary[key] = float(np.mean(per_image[key]))
     summary["num_images"] = count
     return summary
 

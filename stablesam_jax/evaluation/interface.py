@@ -79,11 +79,13 @@ class PromptBatch:
 
 @dataclasses.dataclass
 class Prediction:
-    """masks bool [B, H, W] at the original size, predicted IoU [B], DRP weight a1 [B] or None."""
+    """masks bool [B, H, W] at the original size, predicted IoU [B], DRP weights a1 and a2 [B]
+    (sampled and regular features) or None."""
 
     masks: np.ndarray
     iou_predictions: np.ndarray
     drp_a1: np.ndarray | None = None
+    drp_a2: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ host. Masks come back to the host only for injected predictors or `metrics_on_de
 metrics run on `metric_workers` threads.
 
 In-process use (the demo): `evaluate(models, datasets, prompt_types)` returns the pooled
-`{model: {prompt_type: {"miou", "mbiou", "msf", "num_images"[, "drp_a1"]}}}`;
+`{model: {prompt_type: {"miou", "mbiou", "msf", "num_images"[, "drp_a1", "drp_a2"]}}}`;
 `evaluate_report` returns the full report that `job.run` writes to results.json.
 """
 
@@ -78,6 +78,8 @@ def _image_metrics(prediction: Prediction, gt: np.ndarray) -> dict[str, float]:
     }
     if prediction.drp_a1 is not None:
         result["drp_a1"] = float(np.mean(prediction.drp_a1))
+    if prediction.drp_a2 is not None:
+        result["drp_a2"] = float(np.mean(prediction.drp_a2))
     return result
 
 
@@ -245,8 +247,9 @@ def evaluate_report(
     block's attention on the target and offset statistics (`diagnostics`, docs/design.md,
     "Diagnostics") from the same decode call.
     Report keys: "results" ({dataset or "pooled": {model: {prompt_type: {"miou", "mbiou",
-    "msf", "num_images"[, "drp_a1"]}}}}, values 0-100 except drp_a1), "protocol", "models",
-    "datasets" (image counts, skipped images), "per_image" (when kept), "timing", "devices",
+    "msf", "num_images"[, "drp_a1", "drp_a2"]}}}}, values 0-100 except DRP's a1, a2),
+    "protocol", "models", "datasets" (image counts, skipped images), "per_image" (when kept),
+    "timing", "devices",
     "diagnostics" (when any model has them: {dataset or "pooled": {model: {prompt_type:
     `diagnostics.summarize`}}}).
     """
@@ -312,8 +315,8 @@ def evaluate(
     seed: int = 0,
     **options,
 ) -> dict:
-    """Pooled results `{model: {prompt_type: {"miou", "mbiou", "msf", "num_images"[, "drp_a1"]}}}`
-    (0-100) over all images of all datasets; options as `evaluate_report`."""
+    """Pooled results `{model: {prompt_type: {"miou", "mbiou", "msf", "num_images"[, "drp_a1",
+    "drp_a2"]}}}` (0-100) over all images of all datasets; options as `evaluate_report`."""
     options.setdefault("keep_per_image", False)
     report = evaluate_report(models, datasets, prompt_types, num_prompts, seed, **options)
     return report["results"][POOLED]

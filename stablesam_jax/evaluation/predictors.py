@@ -90,7 +90,7 @@ def _decode(
         return_intermediates=diagnose is not None,
         hq_token_only=hq_token_only,
     )
-    alpha = None if alpha_key is None else intermediates[alpha_key][:, 0]
+    alpha = None if alpha_key is None else intermediates[alpha_key]  # [B, 2]
     if diagnose is None:
         return low_res[:, 0], iou[:, 0], alpha
     layer, offset_scale = diagnose
@@ -244,7 +244,8 @@ class SamEvalPredictor:
 
             def part(*fields):
                 p = self.predict(sample, embedding, PromptBatch(*fields), rows=chunk)
-                return (p.masks, p.iou_predictions) + (() if p.drp_a1 is None else (p.drp_a1,))
+                routing = () if p.drp_a1 is None else (p.drp_a1, p.drp_a2)
+                return (p.masks, p.iou_predictions, *routing)
 
             fields = [prompts.point_coords, prompts.point_labels, prompts.boxes, prompts.box_valid]
             return Prediction(*run_in_chunks(part, count, chunk, fields))
@@ -252,10 +253,12 @@ class SamEvalPredictor:
         masks = masks_at_original_size(
             self.model.img_size, low_res, embedding.input_size, embedding.original_size
         )
+        alpha = None if alpha is None else np.asarray(alpha)[:count]
         return Prediction(
             np.asarray(masks)[:count],
             np.asarray(iou)[:count],
-            None if alpha is None else np.asarray(alpha)[:count],
+            None if alpha is None else alpha[:, 0],
+            None if alpha is None else alpha[:, 1],
         )
 
     def _chunk_rows(self, rows: int, original_size) -> int:
@@ -304,7 +307,8 @@ class SamEvalPredictor:
         def result() -> dict[str, float]:
             values = metrics_from_counts(jax.device_get(counts), count)
             if alpha is not None:
-                values["drp_a1"] = float(np.mean(np.asarray(alpha)[:count]))
+                a1, a2 = np.asarray(alpha)[:count].mean(axis=0)
+                values["drp_a1"], values["drp_a2"] = float(a1), float(a2)
             if extra:
                 values.update(diagnostics.host_values(extra[0], count))
             return values

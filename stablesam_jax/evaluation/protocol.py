@@ -8,7 +8,7 @@ size (`Sam.postprocess_masks`) and thresholded at 0. Per image: mIoU and mBIoU a
 the prompts of `metrics.mask_iou` / `metrics.boundary_iou`, mSF is `metrics.stability_score` of
 the prompts' masks. Per dataset: the mean over its images; pooled: the mean over all images of
 all datasets. All reported values are 0-100. Models with the dynamic routing plugin also report
-the mean routing weight a1 (`layer1/drp_alpha[:, 0]`) per prompt type. JAX models also report
+the mean routing weights a1 and a2 (`layer1/drp_alpha[:, 0]`, `[:, 1]`) per prompt type. JAX models also report
 the DSP block's attention on the target and, with plugins, offset statistics (`diagnostics`). See
 docs/design.md, Evaluation protocol and Diagnostics.
 

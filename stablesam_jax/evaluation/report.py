@@ -44,12 +44,17 @@ def _drp_table(per_model, prompt_types) -> list[str]:
     header = ["Model"] + [PROMPT_TYPE_TITLES.get(t, t) for t in prompt_types]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, by_type in rows.items():
-        cells = [model] + [
-            "-" if "drp_a1" not in by_type.get(t, {}) else f"{by_type[t]['drp_a1']:.3f}"
-            for t in prompt_types
-        ]
+        cells = [model] + [_routing_cell(by_type.get(t, {})) for t in prompt_types]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _routing_cell(values: dict) -> str:
+    """ "a1 / a2" (a2 where known), "-" without a DRP."""
+    if "drp_a1" not in values:
+        return "-"
+    a2 = values.get("drp_a2")
+    return f"{values['drp_a1']:.3f}" + ("" if a2 is None else f" / {a2:.3f}")
 
 
 def _number(value, digits: int) -> str:
@@ -104,7 +109,7 @@ def _pooled_mapping_table(results: Mapping) -> list[str]:
     lines += _model_table(results, types)
     drp = _drp_table(results, types)
     if drp:
-        lines += ["", "Mean DRP routing weight a1 (deformable features):", ""] + drp
+        lines += ["", "Mean DRP routing weights a1 / a2 (deformable / regular features):", ""] + drp
     return lines
 
 
@@ -134,7 +139,7 @@ def _dataset_sections(results: Mapping) -> list[str]:
         ] + _model_table(by_dataset[POOLED], types)
         drp = _drp_table(by_dataset[POOLED], types)
         if drp:
-            lines += ["", "## Mean DRP routing weight a1 (pooled)", ""] + drp
+            lines += ["", "## Mean DRP routing weights a1 / a2 (pooled)", ""] + drp
     diagnosed = results.get("diagnostics", {}).get(POOLED)
     if diagnosed:
         lines += ["", "## Diagnostics of the DSP block (pooled)", "", DIAGNOSTICS_LEGEND, ""]

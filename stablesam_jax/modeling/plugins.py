@@ -9,6 +9,7 @@ gives a1 + a2 = 1, so a1 * x + a2 * x = x.
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from .common import (
 
 SAMPLE_SOURCES = ("raw", "projected")
 PADDING_MODES = ("zeros", "border")
+ROUTING_MODES = ("softmax", "sigmoid")
 
 
 class FixedOffsets(nnx.Variable):
@@ -64,6 +66,11 @@ class PluginConfig:
         padding_mode="border"), every sample is a real feature. The paper states that p + dp
         stays within (0, 0)..(H - 1, W - 1), which is "border"'s range; the default stays
         "zeros", with which the shipped demo numbers were measured.
+    routing: how DRP turns MLP(t_o) into (a1, a2), Eq. 5's sigma. "softmax": a1 + a2 = s for
+        every prompt, DRP only splits a shared amount between sampled and own-cell features.
+        "sigmoid" (the logistic function, sigma's usual meaning): a1 and a2 in (0, s) each, so
+        how much the token reads in all (a1 + a2) can differ by prompt; its last layer starts
+        at zero (a1 = a2 = s / 2), which keeps Stable-SAM equal to SAM at initialization.
     """
 
     dsp_layers: tuple[int, ...] = (1,)
@@ -74,12 +81,15 @@ class PluginConfig:
     seed: int = 0
     center_offsets: bool = False
     padding: str = "zeros"
+    routing: str = "softmax"
 
     def __post_init__(self):
         if self.sample not in SAMPLE_SOURCES:
             raise ValueError(f"sample must be one of {SAMPLE_SOURCES}, got {self.sample!r}")
         if self.padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {self.padding!r}")
+        if self.routing not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {ROUTING_MODES}, got {self.routing!r}")
         if self.offset_scale <= 0:
             raise ValueError(f"offset_scale must be positive, got {self.offset_scale}")
         object.__setattr__(self, "dsp_layers", tuple(int(i) for i in self.dsp_layers))
@@ -163,16 +173,26 @@ class DeformableSamplingPlugin(nnx.Module):
 
 
 class DynamicRoutingPlugin(nnx.Module):
-    """alpha = softmax(MLP(t_o)) * s: how much of the deformed features each prompt uses."""
+    """alpha = sigma(MLP(t_o)) * s: how much of the deformed and the regular features each prompt
+    uses; sigma is a softmax over (a1, a2) or a sigmoid on each (`PluginConfig.routing`)."""
 
-    def __init__(self, dim: int, hidden_dim: int = 32, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, hidden_dim: int = 32, routing: str = "softmax", *, rngs: nnx.Rngs):
+        if routing not in ROUTING_MODES:
+            raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
+        self.routing = routing
         self.fc1 = Linear(dim, hidden_dim, rngs=rngs, param_type=PluginParam)
         self.norm = LayerNorm(hidden_dim, eps=1e-5, param_type=PluginParam)
         self.fc2 = Linear(hidden_dim, 2, rngs=rngs, param_type=PluginParam)
+        if routing == "sigmoid":
+            # sigmoid(0) = 1/2 for both: a1 + a2 = s = 1, so a fresh plugin changes nothing.
+            for weights in (self.fc2.kernel, cast(nnx.Variable, self.fc2.bias)):
+                weights[...] = jnp.zeros_like(weights[...])
         self.scale = PluginParam(jnp.ones((), jnp.float32))
 
     def __call__(self, output_token: jax.Array) -> jax.Array:
         """output_token [B, C] -> alpha [B, 2] = (a1 for sampled, a2 for regular features)."""
         x = output_token.astype(jnp.float32)
         logits = self.fc2(gelu(self.norm(self.fc1(x))))
+        if self.routing == "sigmoid":
+            return jax.nn.sigmoid(logits) * self.scale[...]
         return jax.nn.softmax(logits, axis=-1) * self.scale[...]

@@ -138,7 +138,9 @@ class TwoWayAttentionBlock(nnx.Module):
             plugin_rngs = nnx.Rngs(plugins.seed + 1000 * layer_index)
             dsp = DeformableSamplingPlugin(embedding_dim, plugins, rngs=plugin_rngs)
             if plugins.use_drp:
-                drp = DynamicRoutingPlugin(embedding_dim, plugins.drp_hidden_dim, rngs=plugin_rngs)
+                drp = DynamicRoutingPlugin(
+                    embedding_dim, plugins.drp_hidden_dim, plugins.routing, rngs=plugin_rngs
+                )
         self.dsp = nnx.data(dsp)
         self.drp = nnx.data(drp)
 

@@ -58,6 +58,7 @@ def _add_model_fields(c: ml_collections.ConfigDict) -> None:
             seed=0,  # plugin initialization, independent of model_seed (SAM's)
             center_offsets=False,  # True: no global translation (PluginConfig.center_offsets)
             padding="zeros",  # off-map samples: "zeros" or "border" (PluginConfig.padding)
+            routing="softmax",  # DRP's sigma: "softmax" or "sigmoid" (PluginConfig.routing)
         )
     )
     c.trainable = (
@@ -92,6 +93,7 @@ def _add_schedule_fields(c: ml_collections.ConfigDict) -> None:
             warmup_steps=0,
             grad_clip_norm=0.0,  # 0 = no clipping (the paper clips nothing)
             dsp_lr_multiplier=1.0,  # the DSP's lr = this x learning_rate (Deformable DETR: 0.1)
+            drp_scale_lr_multiplier=1.0,  # DRP's scale s: lr = this x learning_rate
         )
     )
     c.loss = ml_collections.ConfigDict(
@@ -126,6 +128,9 @@ def _add_data_fields(c: ml_collections.ConfigDict) -> None:
     # ours: uniform).
     c.data.mixture = ml_collections.ConfigDict({kind: 1.0 for kind in RTS_KINDS})
     c.data.occlusion_prob = 0.5  # synthetic occlusion share (the paper gives none; ours)
+    # Multi-instance records (scenes): the target is a "random" instance or the "largest", the
+    # object a single-mask dataset (HQSeg-44K) and the evaluator keep.
+    c.data.target_instance = "random"
     c.data.use_lsj = True
     c.data.lsj_range = (0.1, 2.0)
     c.data.flip_prob = 0.5

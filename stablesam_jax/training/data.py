@@ -68,6 +68,7 @@ def make_dataset(config: ml_collections.ConfigDict, source):
         flip_prob=data.flip_prob,
         read_threads=data.read_threads,
         prefetch_batches=data.prefetch_batches,
+        target_instance=data.get("target_instance", "random"),
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import optax
 
 
@@ -26,33 +29,46 @@ def make_schedule(optimizer_config, epoch_steps: int) -> optax.Schedule:
 
 # A weight whose dotted name holds this belongs to the DSP's offset network.
 DSP_NAME_PART = ".dsp."
+# DRP's learnable scale s (one scalar per DRP block).
+DRP_SCALE_NAME_SUFFIX = ".drp.scale"
 
 
-def _dsp_lr_multiplier(optimizer_config) -> float:
-    return float(optimizer_config.get("dsp_lr_multiplier", 1.0))
-
-
-def _dsp_mask(params: dict) -> dict:
-    return {name: DSP_NAME_PART in name for name in params}
+def _lr_multipliers(optimizer_config) -> dict[str, tuple[float, Callable[[str], bool]]]:
+    """{tag: (multiplier, which weights)} for every lr multiplier other than 1."""
+    o = optimizer_config
+    groups = {
+        "dsp_lr": (o.get("dsp_lr_multiplier", 1.0), lambda name: DSP_NAME_PART in name),
+        "drp_scale_lr": (
+            o.get("drp_scale_lr_multiplier", 1.0),
+            lambda name: name.endswith(DRP_SCALE_NAME_SUFFIX),
+        ),
+    }
+    return {tag: (float(m), which) for tag, (m, which) in groups.items() if float(m) != 1.0}
 
 
 def make_optimizer(optimizer_config, schedule) -> optax.GradientTransformation:
     """Adam (AdamW with weight decay > 0), after global-norm clipping when grad_clip_norm > 0;
     with dsp_lr_multiplier != 1 the DSP's updates are scaled by it (Deformable DETR trains its
-    sampling offsets at 0.1x the base lr). Params are the trainer's {dotted name: array} dict."""
+    sampling offsets at 0.1x the base lr), with drp_scale_lr_multiplier != 1 those of DRP's
+    scale s (one scalar, which Adam moves by about lr per step: a short run barely moves it).
+    Params are the trainer's {dotted name: array} dict."""
     o = optimizer_config
     if o.weight_decay > 0:
         tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
     else:
         tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
-    multiplier = _dsp_lr_multiplier(o)
-    if multiplier != 1.0:
+    for multiplier, which in _lr_multipliers(o).values():
         # Adam's update is the lr times a gradient-scale-free step, so scaling the update is
         # training at multiplier x lr.
-        tx = optax.chain(tx, optax.masked(optax.scale(multiplier), _dsp_mask))
+        mask = functools.partial(_name_mask, which)
+        tx = optax.chain(tx, optax.masked(optax.scale(multiplier), mask))
     if o.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
     return tx
+
+
+def _name_mask(which: Callable[[str], bool], params: dict) -> dict:
+    return {name: which(name) for name in params}
 
 
 def optimizer_kind(optimizer_config) -> str:
@@ -60,4 +76,4 @@ def optimizer_kind(optimizer_config) -> str:
     optimizer state restores only into an optimizer of the same kind."""
     o = optimizer_config
     kind = ("adamw" if o.weight_decay > 0 else "adam") + ("+clip" if o.grad_clip_norm > 0 else "")
-    return kind + ("+dsp_lr" if _dsp_lr_multiplier(o) != 1.0 else "")
+    return kind + "".join(f"+{tag}" for tag in _lr_multipliers(o))

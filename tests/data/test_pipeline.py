@@ -383,3 +383,43 @@ def test_tfds_array_record_round_trip_without_tensorflow(tmp_path):
         2,
     )
     assert batches[1]["mask"].shape == (2, 32, 32)
+
+
+def _one_scene_batches(target_instance, batches=2):
+    """Batches of one generated scene, no augmentation: each mask is an instance as stored."""
+    source = SceneDataset(1, seed=1, size=SIZE)
+    dataset = make_train_dataset(
+        source,
+        image_size=SIZE,
+        batch_size=4,
+        seed=0,
+        mixture={"gt_box": 1.0},
+        occlusion_prob=0.0,
+        lsj_range=None,
+        flip_prob=0.0,
+        read_threads=1,
+        target_instance=target_instance,
+    )
+    return np.asarray(source[0]["masks"], bool), _take(dataset, batches)
+
+
+def test_largest_target_is_the_instance_with_the_most_pixels():
+    instances, batches = _one_scene_batches("largest")
+    sizes = instances.reshape(len(instances), -1).sum(axis=1)
+    assert (sizes > 0).sum() >= 2 and len(set(sizes.tolist())) == len(sizes)
+    biggest = instances[int(np.argmax(sizes))]
+    for batch in batches:
+        for mask in batch["mask"]:
+            np.testing.assert_array_equal(mask, biggest)
+
+
+def test_random_target_draws_other_instances_too():
+    instances, batches = _one_scene_batches("random", batches=4)
+    masks = np.concatenate([batch["mask"] for batch in batches])
+    drawn = {int(np.flatnonzero([np.array_equal(m, inst) for inst in instances])[0]) for m in masks}
+    assert len(drawn) >= 2
+
+
+def test_unknown_target_instance_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="target_instance must be one of .*'largest'.*'biggest'"):
+        _scene_dataset(target_instance="biggest")

@@ -14,7 +14,9 @@ from PIL import Image
 from scipy import ndimage
 
 from stablesam_jax import demo, pretrained
+from stablesam_jax.builder import build_stable_sam
 from stablesam_jax.demo import figures
+from stablesam_jax.demo.pipeline import drp_scales
 
 PROMPT_TYPES = ("gt_box", "noisy_box", "one_point", "three_points")
 
@@ -206,6 +208,16 @@ def test_quick_demo_prints_the_table_and_writes_it(quick_demo):
     info = json.loads((out / "demo_info.json").read_text())
     assert set(info["drp_a1"]) == set(PROMPT_TYPES)
     assert Path(info["train"]["plugins"]).is_dir()
+    (scale,) = info["drp_scale"].values()
+    assert set(info["drp_scale"]) == {"layer1"} and scale != 1.0  # trained: Adam moved it
+    assert f"DRP (softmax routing) scale s: layer1 {scale:.3f}" in stdout
+
+
+def test_drp_scales_are_read_from_each_drp_block():
+    model = build_stable_sam("vit_t", seed=0, dsp_layers=(0, 1))
+    model.mask_decoder.transformer.layers[0].drp.scale[...] = 2.5
+    assert drp_scales(model) == {"layer0": 2.5, "layer1": 1.0}
+    assert drp_scales(build_stable_sam("vit_t", seed=0, use_drp=False)) == {}
 
 
 def test_quick_demo_reports_the_dsp_diagnostics(quick_demo):

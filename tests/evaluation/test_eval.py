@@ -112,7 +112,7 @@ def test_every_layout_runs_through_the_job_with_a_real_model(tmp_path, tiny_mode
     assert names == ["COIFT/coift_5_00000"]
 
     table = (tmp_path / "out" / "results.md").read_text()
-    for heading in (*datasets, "Pooled", "Mean DRP routing weight a1"):
+    for heading in (*datasets, "Pooled", "Mean DRP routing weights a1 / a2"):
         assert heading in table
     assert "| Model | GT Box | Noisy Box | 1 Point | 3 Points |" in table
     pooled = table[table.index("## Pooled") :]
@@ -225,7 +225,7 @@ def test_job_equals_sam_predictor_one_prompt_at_a_time(tiny_models):
     predictor.set_image(image)
     values = report["per_image"]["one"]["values"]["stable_sam"]
     for prompt_type in prompt_types:
-        masks, a1 = [], []
+        masks, a1, a2 = [], [], []
         for prompt in eval_prompts(mask, prompt_type, num, image_seed("img0", seed)):
             out = predictor.predict(
                 prompt["point_coords"],
@@ -236,6 +236,7 @@ def test_job_equals_sam_predictor_one_prompt_at_a_time(tiny_models):
             )
             masks.append(out[0][0])
             a1.append(out[3]["layer1/drp_alpha"][0])
+            a2.append(out[3]["layer1/drp_alpha"][1])
         job = values[prompt_type]
         expected_iou = 100 * np.mean([metrics.mask_iou(m, mask) for m in masks])
         expected_biou = 100 * np.mean([metrics.boundary_iou(m, mask) for m in masks])
@@ -245,6 +246,8 @@ def test_job_equals_sam_predictor_one_prompt_at_a_time(tiny_models):
             100 * metrics.stability_score(np.stack(masks)), abs=1e-9
         )
         assert job["drp_a1"][0] == pytest.approx(np.mean(a1), abs=1e-5)
+        assert job["drp_a2"][0] == pytest.approx(np.mean(a2), abs=1e-5)
+        assert abs(np.mean(a1) - np.mean(a2)) > 1e-4  # the two are not swapped or merged
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,3 +43,5 @@ def test_a_chunked_prediction_equals_the_unchunked_call(predictor, monkeypatch):
     np.testing.assert_allclose(chunked.iou_predictions, whole.iou_predictions, atol=1e-5)
     assert chunked.drp_a1 is not None and chunked.drp_a1.shape == (7,)
     np.testing.assert_allclose(chunked.drp_a1, whole.drp_a1, atol=1e-5)
+    assert chunked.drp_a2 is not None and chunked.drp_a2.shape == (7,)
+    np.testing.assert_allclose(chunked.drp_a2, whole.drp_a2, atol=1e-5)

@@ -1,5 +1,8 @@
 """Options against a global-translation offset field: centred offsets and border padding
-(PluginConfig) and the DSP's learning-rate multiplier (training.optim), each off by default."""
+(PluginConfig) and the DSP's learning-rate multiplier (training.optim); DRP's sigmoid routing and
+its scale's learning-rate multiplier; each off by default."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +12,20 @@ import pytest
 from flax import nnx
 
 from stablesam_jax.commands.demo import _settings
+from stablesam_jax.data.pipeline import TARGET_INSTANCES
 from stablesam_jax.data.scenes import SCENE_FAMILIES
-from stablesam_jax.demo.settings import FULL, SCENE_MAX_OBJECTS
-from stablesam_jax.modeling.plugins import DeformableSamplingPlugin, PluginConfig
+from stablesam_jax.demo.settings import (
+    FULL,
+    ROUTING_CHOICES,
+    SCENE_MAX_OBJECTS,
+    TRAIN_TARGET_CHOICES,
+)
+from stablesam_jax.modeling.plugins import (
+    ROUTING_MODES,
+    DeformableSamplingPlugin,
+    DynamicRoutingPlugin,
+    PluginConfig,
+)
 from stablesam_jax.training import default_config, make_optimizer, optimizer_kind
 
 
@@ -31,6 +45,9 @@ def test_defaults_are_the_papers_form():
     assert optimizer_kind(config.optimizer) == "adam"
     _, demo = _settings(["--out", "unused"])
     assert demo == FULL and not FULL.center_offsets and FULL.dsp_lr_multiplier == 1.0
+    assert PluginConfig().routing == config.plugins.routing == FULL.routing == "softmax"
+    assert config.optimizer.drp_scale_lr_multiplier == FULL.drp_scale_lr_multiplier == 1.0
+    assert config.data.target_instance == FULL.train_target == "random"
 
 
 def test_padding_defaults_to_grid_samples_zeros_everywhere():
@@ -78,8 +95,14 @@ def test_demo_flags_reach_the_training_config():
     from stablesam_jax.demo.pipeline import train_config  # loads the trainer
 
     flags = ["--center-offsets", "--dsp-lr-multiplier", "0.1", "--padding", "border"]
+    flags += ["--routing", "sigmoid", "--drp-scale-lr-multiplier", "30"]
+    flags += ["--train-target", "largest"]
     _, settings = _settings(["--out", "u", *flags, "--scene-family", "clusters"])
     config = train_config(settings, "unused")
+    assert config.plugins.routing == "sigmoid"
+    assert config.optimizer.drp_scale_lr_multiplier == 30.0
+    assert config.data.target_instance == "largest"
+    assert ROUTING_CHOICES == ROUTING_MODES and TRAIN_TARGET_CHOICES == TARGET_INSTANCES
     assert config.plugins.center_offsets is True
     assert config.plugins.padding == "border"
     assert config.data.scene_family == "clusters" and config.data.max_objects == 8
@@ -109,3 +132,72 @@ def test_border_padding_reads_the_edge_cell_where_zeros_reads_nothing():
     norms_z = np.linalg.norm(np.asarray(sampled_z), axis=-1)[off_map]
     norms_b = np.linalg.norm(np.asarray(sampled_b), axis=-1)[off_map]
     assert (norms_b > norms_z).mean() > 0.9
+
+
+def _routing_by_hand(drp: DynamicRoutingPlugin, token: np.ndarray) -> np.ndarray:
+    """fc1 -> LayerNorm -> exact GELU -> fc2 in float64 numpy: the logits [B, 2]."""
+
+    def f64(variable):
+        return np.asarray(variable[...], np.float64)
+
+    h = token @ f64(drp.fc1.kernel) + f64(drp.fc1.bias)
+    h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5)
+    h = h * f64(drp.norm.scale) + f64(drp.norm.bias)
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    return h @ f64(drp.fc2.kernel) + f64(drp.fc2.bias)
+
+
+def _randomized_drp(routing: str) -> DynamicRoutingPlugin:
+    drp = DynamicRoutingPlugin(16, 8, routing, rngs=nnx.Rngs(0))
+    state = nnx.state(drp)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    keys = jax.random.split(jax.random.key(5), len(leaves))
+    noisy = [v + 0.5 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)]
+    nnx.update(drp, jax.tree_util.tree_unflatten(treedef, noisy))
+    return drp
+
+
+def test_sigmoid_routing_weighs_each_feature_alone_and_starts_at_half_the_scale():
+    token = np.asarray(jax.random.normal(jax.random.key(4), (3, 16)), np.float64)
+    fresh = DynamicRoutingPlugin(16, 8, "sigmoid", rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(fresh(jnp.asarray(token))), 0.5)
+    drp = _randomized_drp("sigmoid")
+    scale = float(drp.scale[...])
+    assert abs(scale - 1.0) > 0.05
+    expected = scale / (1 + np.exp(-_routing_by_hand(drp, token)))
+    got = np.asarray(drp(jnp.asarray(token, jnp.float32)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert np.ptp(got.sum(-1)) > 1e-3  # a1 + a2 differs by prompt
+
+
+def test_softmax_routing_splits_the_scale():
+    token = np.asarray(jax.random.normal(jax.random.key(4), (3, 16)), np.float64)
+    drp = _randomized_drp("softmax")
+    logits = _routing_by_hand(drp, token)
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True) * float(drp.scale[...])
+    got = np.asarray(drp(jnp.asarray(token, jnp.float32)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_unknown_routing_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="routing must be one of .*'softmax', 'sigmoid'.*'relu'"):
+        PluginConfig(routing="relu")
+
+
+def test_drp_scale_lr_multiplier_scales_only_the_scale_update():
+    config = default_config().optimizer
+    config.drp_scale_lr_multiplier = 30.0
+    tx = make_optimizer(config, optax.constant_schedule(1e-3))
+    params = {
+        "decoder.layers.1.drp.scale": jnp.ones(()),
+        "decoder.layers.1.drp.fc2.kernel": jnp.ones((4, 2)),
+        "decoder.layers.1.dsp.offset.kernel": jnp.ones((4, 2)),
+    }
+    grads = {name: -jnp.ones_like(p) for name, p in params.items()}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["decoder.layers.1.drp.scale"], 3e-2, rtol=1e-4)
+    np.testing.assert_allclose(updates["decoder.layers.1.drp.fc2.kernel"], 1e-3, rtol=1e-4)
+    np.testing.assert_allclose(updates["decoder.layers.1.dsp.offset.kernel"], 1e-3, rtol=1e-4)
+    assert optimizer_kind(config) == "adam+drp_scale_lr"
+    config.dsp_lr_multiplier = 0.1
+    assert optimizer_kind(config) == "adam+dsp_lr+drp_scale_lr"

@@ -122,7 +122,9 @@ PROMPTS = {
 }
 
 
-@pytest.mark.parametrize("options", [{}, {"use_drp": False}, {"dsp_layers": (0, 1)}])
+@pytest.mark.parametrize(
+    "options", [{}, {"use_drp": False}, {"dsp_layers": (0, 1)}, {"routing": "sigmoid"}]
+)
 def test_fresh_stable_sam_equals_sam(image, options):
     sam = build_sam("vit_t", seed=4)
     stable = build_stable_sam("vit_t", seed=4, **options)
