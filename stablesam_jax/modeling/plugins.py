@@ -3,7 +3,8 @@
 Both hold `PluginParam` weights only, so `nnx.split(model, PluginParam, ...)` separates exactly the
 weights the Stable-SAM recipe trains. Both start as the identity on SAM: the last offset conv is
 zero, so offsets are 0 and the sampler returns its input exactly; DRP's softmax times a scale of 1
-gives a1 + a2 = 1, so a1 * x + a2 * x = x.
+(or, with sigmoid routing, 1/2 each from its zeroed last layer) gives a1 + a2 = 1, so
+a1 * x + a2 * x = x.
 """
 
 from __future__ import annotations
