@@ -278,8 +278,8 @@ class SamPredictor:
             logits=logits,
             buckets=self.prompt_buckets,
             device=None if features is None else next(iter(features.devices())),
-            # Token-to-image attention and the plugins' sampling maps.
-            extra_bytes=4 * g * g * c if intermediates else 0,
+            # Token-to-image attention, the plugins' sampling maps and the image tokens.
+            extra_bytes=8 * g * g * c if intermediates else 0,
         )
 
     # ------------------------------------------------------------ the official torch surface

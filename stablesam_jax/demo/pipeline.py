@@ -14,6 +14,7 @@ import jax
 
 from .. import evaluation, pretrained, training
 from ..builder import build_sam, save_sam
+from ..evaluation.read_swap import format_read_swap_table, read_swap_report
 from ..utils.io import atomic_write
 from .figure_model import make_figures, paired_offsets
 from .settings import FULL, RESULT_KEYS, TRAIN_SCENE_SEED, DemoSettings
@@ -134,6 +135,24 @@ def _evaluate(sam, stable_sam, settings: DemoSettings) -> dict:
     )
 
 
+def _read_swap(sam, stable_sam, settings: DemoSettings) -> dict:
+    """SAM's read swap (`evaluation.read_swap`) in the plugins' block, on the first
+    `read_swap_scenes` held-out scenes with the evaluation's prompts."""
+    dataset = evaluation.DatasetSpec(
+        name="scenes",
+        kind="scenes",
+        num=settings.read_swap_scenes,
+        seed=settings.eval_seed,
+        **settings.scene_options(),
+    )
+    source = evaluation.as_sample_sources([dataset])["scenes"]
+    layer = min(stable_sam.plugin_config.dsp_layers)
+    rows = read_swap_report(
+        sam, source, settings.prompt_types, settings.num_prompts, settings.seed, layer=layer
+    )
+    return {"layer": layer, "scenes": settings.read_swap_scenes, "miou": rows}
+
+
 def _fresh_dirs(out_dir: str | os.PathLike) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +209,9 @@ def run(
     tick = time.perf_counter()
     paired = paired_offsets(sam, stable_sam, settings)
     timings["paired_offsets"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    swap = _read_swap(sam, stable_sam, settings)
+    timings["read_swap"] = time.perf_counter() - tick
 
     # 4. Figures.
     tick = time.perf_counter()
@@ -213,6 +235,7 @@ def run(
         # Attention on the target and the DSP's offset statistics (docs/design.md, Diagnostics).
         "diagnostics": report.get("diagnostics", {}).get(evaluation.POOLED, {}),
         "paired_offsets": paired,
+        "read_swap": swap,
         "num_eval_images": pooled["SAM"][settings.prompt_types[0]]["num_images"],
         "figures": figure_paths,
         "timings_seconds": timings,
@@ -222,8 +245,19 @@ def run(
     atomic_write(out_dir / "demo_info.json", json.dumps(info, indent=1, default=str) + "\n")
     _say("")
     _say(table)
+    _say(_read_swap_text(swap, settings.prompt_types))
     _say(_summary(results, paired, timings, info["drp_scale"], settings.routing))
     return info
+
+
+def _read_swap_text(swap: dict, prompt_types) -> str:
+    return (
+        f"SAM's read swap, block {swap['layer']} (the plugins' block), first {swap['scenes']} "
+        "held-out scenes, mIoU: each prompt type with a part of the decoder taken from the GT "
+        "box's run: the output tokens' read in that block (gt_box_read), that read zeroed "
+        "(no_read), the image tokens the mask is read from (gt_box_image)\n"
+        + format_read_swap_table(swap["miou"], prompt_types).rstrip()
+    )
 
 
 def _paired_line(paired: dict) -> str:

@@ -66,6 +66,8 @@ class DemoSettings:
     # Adam steps per prompt (fitting costs ~10 s per scene and prompt type on 2 cores).
     ceiling_scenes: int = 10
     ceiling_steps: int = 100
+    # The read swap (evaluation.read_swap) on SAM: the first this many held-out scenes.
+    read_swap_scenes: int = 10
 
     def scene_options(self) -> dict:
         """`SceneDataset` / `DatasetSpec` keywords of the demo's scenes (besides count and seed)."""
@@ -89,4 +91,5 @@ QUICK = dataclasses.replace(
     figure_examples=2,
     ceiling_scenes=1,
     ceiling_steps=2,
+    read_swap_scenes=1,
 )

@@ -15,7 +15,7 @@ from .common import (
     gelu,
     precision_for,
 )
-from .plugins import PluginConfig
+from .plugins import FixedImageTokens, PluginConfig
 from .transformer import TwoWayTransformer
 
 
@@ -107,6 +107,8 @@ class MaskDecoder(nnx.Module):
             dtype=dtype,
         )
         self.dtype = dtype
+        # [H, W, C] the transformer's image output, replacing the computed one, when set.
+        self.fixed_image_tokens: FixedImageTokens | None = nnx.data(None)
 
     def __call__(
         self,
@@ -167,7 +169,13 @@ class MaskDecoder(nnx.Module):
         hs, src, intermediates = self.transformer(
             src, image_pe.astype(dtype), tokens.astype(dtype), token_mask, return_intermediates
         )
-        return hs, src.reshape(b, h, w, c), intermediates
+        src = src.reshape(b, h, w, c)
+        if self.fixed_image_tokens is not None:
+            fixed = self.fixed_image_tokens[...].astype(src.dtype)
+            src = jnp.broadcast_to(fixed, src.shape)
+        if return_intermediates:
+            intermediates["image_tokens"] = src  # [B, H, W, C]: what the mask is read from
+        return hs, src, intermediates
 
     def predict_masks(
         self,

@@ -44,6 +44,19 @@ class FixedMixture(nnx.Variable):
     holds every field. Set from outside, like `FixedOffsets`; never trained or saved."""
 
 
+class FixedTokenRead(nnx.Variable):
+    """[n, C]: what the first n tokens (the output tokens) take from a block's token-to-image
+    attention, set from outside instead of computed, the same for every prompt
+    (`evaluation.read_swap`, which asks whether a better read would mend a sloppy prompt's
+    mask). Works with or without plugins; never trained or saved."""
+
+
+class FixedImageTokens(nnx.Variable):
+    """[H, W, C]: the two-way transformer's image output that the mask is read from, set from
+    outside instead of computed, the same for every prompt (`evaluation.read_swap`). Never
+    trained or saved."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginConfig:
     """Where the paper is silent these are our choices (docs/design.md, "Stable-SAM as built").

@@ -16,7 +16,12 @@ from flax import nnx
 
 from . import sampling
 from .common import LayerNorm, Linear, MLPBlock, precision_for, relu
-from .plugins import DeformableSamplingPlugin, DynamicRoutingPlugin, PluginConfig
+from .plugins import (
+    DeformableSamplingPlugin,
+    DynamicRoutingPlugin,
+    FixedTokenRead,
+    PluginConfig,
+)
 
 
 class Attention(nnx.Module):
@@ -143,6 +148,8 @@ class TwoWayAttentionBlock(nnx.Module):
                 )
         self.dsp = nnx.data(dsp)
         self.drp = nnx.data(drp)
+        # [n, C] the output tokens' token-to-image read, replacing the computed one, when set.
+        self.fixed_read: FixedTokenRead | None = nnx.data(None)
 
     def _plugin_attention(self, queries, q, keys, key_pe, hw, intermediates, return_weights):
         """The token-to-image attention with Stable-SAM's keys and values (paper Eq. 4-6).
@@ -229,8 +236,12 @@ class TwoWayAttentionBlock(nnx.Module):
                 # across the map bounds what moving the samples can change (diagnostics).
                 values = self.cross_attn_token_to_image.v_proj(keys)
                 intermediates["token_to_image_values"] = values
+        if self.fixed_read is not None:
+            fixed = self.fixed_read[...].astype(attn_out.dtype)  # [n, C]
+            attn_out = attn_out.at[:, : fixed.shape[0]].set(fixed)
         if return_intermediates:
             intermediates["token_to_image_attn"] = weights  # [B, heads, Nt, H*W]
+            intermediates["token_to_image_out"] = attn_out  # [B, Nt, C]: what each token read
         queries = self.norm2(queries + attn_out)
         queries = self.norm3(queries + self.mlp(queries))
 

@@ -69,6 +69,14 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _routing_text(values: dict) -> str:
+    """DRP's mean routing weights for the progress line ("" without a DRP)."""
+    if "drp_a1" not in values:
+        return ""
+    a2 = f" a2 {values['drp_a2']:.3f}" if "drp_a2" in values else ""
+    return f"  a1 {values['drp_a1']:.3f}{a2}"
+
+
 class Progress:
     """Per-step bookkeeping on the host: the metrics file (process 0), throughput (the first step
     is left out: it includes compilation), and a log line + TensorBoard scalars every
@@ -110,7 +118,7 @@ class Progress:
             values["bce"],
             values["dice"],
             values["train_iou"],
-            f"  a1 {values['drp_a1']:.3f}" if "drp_a1" in values else "",
+            _routing_text(values),
             values["grad_norm"],
             rate,
             100 * wait,

@@ -133,8 +133,8 @@ def loss_fn(
     settings: LossSettings,
     hq_token_only: bool = False,
 ) -> tuple[jax.Array, dict]:
-    """(loss, {"bce", "dice", "iou_mse", "train_iou"[, "drp_a1", "drp_a1_std"]}) of one batch;
-    differentiable in `params`.
+    """(loss, {"bce", "dice", "iou_mse", "train_iou"[, "drp_a1", "drp_a1_std", "drp_a2"]}) of one
+    batch; differentiable in `params`.
 
     embeddings: the frozen encoder's output, or None to run the encoder here (inside the gradient).
     key: the loss's point-sampling key (unused with sampling="dense"). hq_token_only: HQ-SAM's
@@ -180,13 +180,15 @@ def loss_fn(
 
 def routing_metrics(intermediates: dict) -> dict:
     """DRP's weight on the deformed features, a1, of the first DSP block that has a DRP: its batch
-    mean and spread (the paper's claim is that a1 depends on the prompt); {} without a DRP.
+    mean and spread (the paper's claim is that a1 depends on the prompt), and the mean of a2, the
+    weight on SAM's own features (with sigmoid routing a1 + a2 is not fixed); {} without a DRP.
     Logged every step because the routing can collapse within a few dozen steps."""
     names = sorted(name for name in intermediates if name.endswith("/drp_alpha"))
     if not names:
         return {}
-    a1 = jax.lax.stop_gradient(intermediates[names[0]][:, 0])  # [B]
-    return {"drp_a1": a1.mean(), "drp_a1_std": a1.std()}
+    alpha = jax.lax.stop_gradient(intermediates[names[0]])  # [B, 2]
+    a1 = alpha[:, 0]
+    return {"drp_a1": a1.mean(), "drp_a1_std": a1.std(), "drp_a2": alpha[:, 1].mean()}
 
 
 def train_step(

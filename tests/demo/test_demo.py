@@ -17,6 +17,7 @@ from stablesam_jax import demo, pretrained
 from stablesam_jax.builder import build_stable_sam
 from stablesam_jax.demo import figures
 from stablesam_jax.demo.pipeline import drp_scales
+from stablesam_jax.evaluation.read_swap import READ_SWAP_ROWS
 
 PROMPT_TYPES = ("gt_box", "noisy_box", "one_point", "three_points")
 
@@ -254,3 +255,12 @@ def test_quick_demo_reports_the_dsp_diagnostics(quick_demo):
     for key in ("offset_abs", "noisy_box_vs_one_point", "noisy_box_vs_noisy_box"):
         assert math.isfinite(paired[key]) and paired[key] >= 0.0
     assert paired["noisy_box_across_images"] is not None
+    swap = info["read_swap"]
+    assert (swap["layer"], swap["scenes"]) == (1, 1)
+    assert list(swap["miou"]) == list(READ_SWAP_ROWS)
+    assert set(swap["miou"]["sam"]) == set(PROMPT_TYPES)
+    for row in READ_SWAP_ROWS[1:]:
+        assert set(swap["miou"][row]) == set(PROMPT_TYPES) - {"gt_box"}
+    for cells in swap["miou"].values():
+        assert all(0.0 <= v <= 100.0 for v in cells.values())
+    assert "SAM's read swap, block 1" in stdout

@@ -13,6 +13,7 @@ from train_helpers import tiny_config
 from stablesam_jax import checkpoint as ckpt
 from stablesam_jax import training
 from stablesam_jax.builder import build_sam, build_stable_sam
+from stablesam_jax.training import progress
 from stablesam_jax.training import step as step_lib
 
 # The tiny recipe: the mask decoder trains (its loss falls within a few steps), dense loss.
@@ -160,9 +161,9 @@ def test_loss_falls_over_a_few_steps_on_a_fixed_batch(parts, batch):
     assert (np.diff(losses) < 0).sum() >= 3, losses
 
 
-def test_loss_fn_reports_drp_routing_weight_a1(batch):
-    """The step logs DRP's a1 (its batch mean and spread): set the router so that every prompt
-    gets softmax(0, log 3) * 1 = (0.25, 0.75), and a1 must read 0.25 with no spread."""
+def test_loss_fn_reports_drp_routing_weights(batch):
+    """The step logs DRP's a1 (its batch mean and spread) and a2: set the router so that every
+    prompt gets softmax(0, log 3) * 1 = (0.25, 0.75); a1 must read 0.25 with no spread, a2 0.75."""
     stable_sam = build_stable_sam("vit_t", seed=0, plugin_seed=1)
     drp = stable_sam.mask_decoder.transformer.layers[1].drp
     drp.fc2.kernel[...] = jnp.zeros_like(drp.fc2.kernel[...])
@@ -172,6 +173,14 @@ def test_loss_fn_reports_drp_routing_weight_a1(batch):
     _, aux = jax.device_get(
         _loss_fn(params, frozen, batch, None, jax.random.key(0), model=model_def, settings=settings)
     )
-    assert set(aux) == {"bce", "dice", "iou_mse", "train_iou", "drp_a1", "drp_a1_std"}
+    assert set(aux) == {"bce", "dice", "iou_mse", "train_iou", "drp_a1", "drp_a1_std", "drp_a2"}
     np.testing.assert_allclose(aux["drp_a1"], 0.25, rtol=1e-6)
     np.testing.assert_allclose(aux["drp_a1_std"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(aux["drp_a2"], 0.75, rtol=1e-6)
+
+
+def test_progress_line_shows_both_routing_weights():
+    assert progress._routing_text({"drp_a1": 0.25, "drp_a1_std": 0.0, "drp_a2": 0.75}) == (
+        "  a1 0.250 a2 0.750"
+    )
+    assert progress._routing_text({"loss": 1.0}) == ""
