@@ -172,10 +172,15 @@ def _drp_chart(stable_sam, settings: DemoSettings, drp_a1: dict[str, float]):
     if not bars:
         return None
     scale = _drp_scale(stable_sam)
+    # Softmax routing splits s between the two; sigmoid bounds each by s on its own.
+    if stable_sam.plugin_config.routing == "softmax":
+        budget = f"a1 + a2 = s = {scale:.3f}"
+    else:
+        budget = f"a1, a2 each in (0, s), s = {scale:.3f}"
     return figures.bar_chart(
         bars,
         "Stable-SAM: DRP routing weight a1 on the deformed features",
-        y_label=f"mean a1 over the evaluation prompts (a1 + a2 = s = {scale:.3f}, learned)",
+        y_label=f"mean a1 over the evaluation prompts ({budget}, learned)",
         y_max=max(1.0, scale, max(bars.values()) * 1.15),
     )
 
