@@ -116,15 +116,16 @@ def drp_scales(model) -> dict[str, float]:
     }
 
 
+def _held_out_scenes(settings: DemoSettings, num: int):
+    """The first `num` held-out scenes as a `DatasetSpec` named "scenes"."""
+    return evaluation.DatasetSpec(
+        name="scenes", kind="scenes", num=num, seed=settings.eval_seed, **settings.scene_options()
+    )
+
+
 def _evaluate(sam, stable_sam, settings: DemoSettings) -> dict:
     """The evaluation report of both models on the held-out scenes."""
-    dataset = evaluation.DatasetSpec(
-        name="scenes",
-        kind="scenes",
-        num=settings.eval_scenes,
-        seed=settings.eval_seed,
-        **settings.scene_options(),
-    )
+    dataset = _held_out_scenes(settings, settings.eval_scenes)
     return evaluation.evaluate_report(
         {"SAM": sam, "Stable-SAM": stable_sam},
         [dataset],
@@ -138,13 +139,7 @@ def _evaluate(sam, stable_sam, settings: DemoSettings) -> dict:
 def _read_swap(sam, stable_sam, settings: DemoSettings) -> dict:
     """SAM's read swap (`evaluation.read_swap`) in the plugins' block, on the first
     `read_swap_scenes` held-out scenes with the evaluation's prompts."""
-    dataset = evaluation.DatasetSpec(
-        name="scenes",
-        kind="scenes",
-        num=settings.read_swap_scenes,
-        seed=settings.eval_seed,
-        **settings.scene_options(),
-    )
+    dataset = _held_out_scenes(settings, settings.read_swap_scenes)
     source = evaluation.as_sample_sources([dataset])["scenes"]
     layer = min(stable_sam.plugin_config.dsp_layers)
     rows = read_swap_report(
