@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ..modeling.mask_decoder_hq import MaskDecoderHQ
 from ..modeling.plugins import FixedImageTokens, FixedTokenRead
 from ..modeling.sam import Sam
 from ..predictor import SamPredictor
@@ -36,13 +35,6 @@ READ_SWAP_ROWS = ("sam", "gt_box_read", "no_read", "gt_box_image")
 REFERENCE_TYPE = "gt_box"
 
 
-def output_token_count(model: Sam) -> int:
-    """The tokens the decoder reads masks and IoUs from, ahead of the prompt tokens: the IoU
-    token and the mask tokens (and HQ-SAM's HQ token)."""
-    decoder = model.mask_decoder
-    return 1 + decoder.num_mask_tokens + int(isinstance(decoder, MaskDecoderHQ))
-
-
 def _reference_parts(predictor: SamPredictor, prompt: dict, layer: int) -> tuple:
     """The GT-box run's output-token read in block `layer` [n, C] and image tokens [H, W, C]."""
     *_, intermediates = predictor.predict(
@@ -52,7 +44,8 @@ def _reference_parts(predictor: SamPredictor, prompt: dict, layer: int) -> tuple
         multimask_output=False,
         return_intermediates=True,
     )
-    read = intermediates[f"layer{layer}/token_to_image_out"][: output_token_count(predictor.model)]
+    outputs = predictor.model.mask_decoder.num_output_tokens
+    read = intermediates[f"layer{layer}/token_to_image_out"][:outputs]
     return read, intermediates["image_tokens"]
 
 

@@ -110,6 +110,12 @@ class MaskDecoder(nnx.Module):
         # [H, W, C] the transformer's image output, replacing the computed one, when set.
         self.fixed_image_tokens: FixedImageTokens | None = nnx.data(None)
 
+    @property
+    def num_output_tokens(self) -> int:
+        """The tokens ahead of the prompt tokens, which masks and IoUs are read from: the IoU
+        token and the mask tokens."""
+        return 1 + self.num_mask_tokens
+
     def __call__(
         self,
         image_embeddings: jax.Array,

@@ -85,6 +85,11 @@ class MaskDecoderHQ(MaskDecoder):
             ]
         )
 
+    @property
+    def num_output_tokens(self) -> int:
+        """SAM's output tokens and the HQ token after them."""
+        return super().num_output_tokens + 1
+
     def __call__(
         self,
         image_embeddings: jax.Array,

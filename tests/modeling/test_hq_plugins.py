@@ -79,3 +79,17 @@ def test_hq_vit_refuses_scan_blocks():
     """A scanned block loop keeps no block's output, and HQ-SAM needs one."""
     with pytest.raises(ValueError, match="scan_blocks=False"):
         build_sam("hq_vit_t", scan_blocks=True)
+
+
+@pytest.mark.parametrize("model_type, expected", [("vit_t", 5), ("hq_vit_t", 6)])
+def test_output_tokens_are_the_tokens_ahead_of_the_prompt(image, model_type, expected):
+    """num_output_tokens counts the rows the transformer runs before a prompt's own tokens (a box:
+    its two corners): SAM's IoU and four mask tokens, and HQ-SAM's HQ token after them."""
+    model = build_sam(model_type, seed=3)
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    *_, inter = predictor.predict(
+        box=np.array([30, 20, 200, 150.0]), multimask_output=False, return_intermediates=True
+    )
+    assert model.mask_decoder.num_output_tokens == expected
+    assert inter["layer1/token_to_image_out"].shape[0] == expected + 2
